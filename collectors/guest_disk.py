@@ -1,0 +1,103 @@
+"""disk_* (CloudWatch Agent names) from the guest agent's guest-get-fsinfo.
+
+qemu-ga computes `used-bytes` = (f_blocks - f_bfree) * f_frsize and `total-bytes` = used +
+f_bavail * f_frsize, the df semantics; 9.1+ adds `total-bytes-privileged` = f_blocks * f_frsize.
+disk_used_percent = used / total-bytes * 100 is then exactly the CloudWatch Agent's figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hiveagent.collector import Collector, Emitter, VmContext
+
+MAX_FILESYSTEMS = 128
+MAX_FIELD = 1024
+_MAX_BYTES = 1 << 63
+
+
+@dataclass(frozen=True)
+class FsRecord:
+    mountpoint: str
+    device: str
+    fstype: str
+    used: int
+    total: int  # used + available to unprivileged users
+    total_privileged: int | None  # f_blocks * f_frsize (qemu-ga 9.1+)
+
+
+def _clean(value: Any) -> str | None:
+    """A guest string fit to be a dimension value: printable, 1..1024 characters."""
+    if not isinstance(value, str):
+        return None
+    cleaned = "".join(ch for ch in value if ch.isprintable())[:MAX_FIELD]
+    return cleaned or None
+
+
+def _size(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _MAX_BYTES:
+        return None
+    return value
+
+
+def parse_fsinfo(reply: Any) -> list[FsRecord]:
+    """Filesystems with usable numbers; entries without sizes (e.g. no statvfs) are skipped."""
+    if not isinstance(reply, list):
+        raise ValueError("guest-get-fsinfo: reply is not a list")
+    out = []
+    for entry in reply[:MAX_FILESYSTEMS]:
+        if not isinstance(entry, dict):
+            continue
+        mountpoint = _clean(entry.get("mountpoint"))
+        device = _clean(entry.get("name"))
+        fstype = _clean(entry.get("type"))
+        used = _size(entry.get("used-bytes"))
+        total = _size(entry.get("total-bytes"))
+        privileged = _size(entry.get("total-bytes-privileged"))
+        if None in (mountpoint, device, fstype, used, total) or used > total:  # type: ignore[operator]
+            continue
+        if privileged is not None and privileged < total:  # type: ignore[operator]
+            privileged = None
+        out.append(FsRecord(mountpoint, device, fstype, used, total, privileged))  # type: ignore[arg-type]
+    return out
+
+
+def disk_values(fs: FsRecord) -> dict[str, float]:
+    values: dict[str, float] = {"disk_used": fs.used}
+    if fs.total_privileged is not None:
+        values["disk_total"] = fs.total_privileged
+        values["disk_free"] = fs.total_privileged - fs.used
+    else:
+        values["disk_total"] = fs.total
+        values["disk_free"] = fs.total - fs.used
+    if fs.total > 0:
+        values["disk_used_percent"] = 100.0 * fs.used / fs.total
+    return values
+
+
+class GuestDisk(Collector[list[FsRecord]]):
+    name = "guest_disk"
+    qga_command = "guest-get-fsinfo"
+
+    def enabled(self, config: object) -> bool:
+        return getattr(config, "disk", None) is not None
+
+    async def sample(self, ctx: VmContext) -> list[FsRecord]:
+        assert ctx.qga is not None
+        return parse_fsinfo(await ctx.qga.execute("guest-get-fsinfo"))
+
+    def emit(
+        self, prev: list[FsRecord] | None, cur: list[FsRecord], ctx: VmContext, out: Emitter
+    ) -> None:
+        plugin = ctx.config.disk
+        assert plugin is not None
+        for fs in cur:
+            if fs.fstype in plugin.ignore_file_system_types or not plugin.wants_mount(fs.mountpoint):
+                continue
+            dims = {"InstanceId": ctx.spec.instance_id, "path": fs.mountpoint, "fstype": fs.fstype}
+            if not plugin.drop_device:
+                dims["device"] = fs.device
+            for name, value in disk_values(fs).items():
+                if name in plugin.metrics:
+                    out.emit(name, value, dims)

@@ -1,0 +1,59 @@
+"""StatusCheckFailed, _System and _Instance: 0 or 1 every cycle, in both monitoring tiers.
+
+_System: QMP unreachable (connect or command failed) or QEMU in `internal-error` / `io-error`.
+_Instance: the guest panicked (`guest-panicked`), or its guest agent is expected (it answered
+before during this QEMU process's life) but is now silent or closed its port.
+StatusCheckFailed: either of the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hiveagent.collector import Collector, Emitter, VmContext
+
+SYSTEM_FAILED_STATES = frozenset({"internal-error", "io-error"})
+INSTANCE_FAILED_STATES = frozenset({"guest-panicked"})
+
+
+@dataclass(frozen=True)
+class StatusSample:
+    qmp_ok: bool
+    run_status: str | None
+    qga_expected: bool
+    qga_ok: bool
+
+
+def status_checks(s: StatusSample) -> tuple[int, int]:
+    """(system_failed, instance_failed), each 0 or 1."""
+    system = int(not s.qmp_ok or s.run_status in SYSTEM_FAILED_STATES)
+    instance = int(
+        s.qmp_ok
+        and (s.run_status in INSTANCE_FAILED_STATES or (s.qga_expected and not s.qga_ok))
+    )
+    return system, instance
+
+
+class Status(Collector[StatusSample]):
+    name = "status"
+    needs_qmp = False
+
+    def enabled(self, config: object) -> bool:
+        return bool(getattr(config, "ec2_enabled", True))
+
+    async def sample(self, ctx: VmContext) -> StatusSample:
+        return StatusSample(
+            qmp_ok=ctx.qmp_error is None,
+            run_status=ctx.run_status,
+            qga_expected=ctx.qga_expected,
+            qga_ok=ctx.qga is not None,
+        )
+
+    def emit(
+        self, prev: StatusSample | None, cur: StatusSample, ctx: VmContext, out: Emitter
+    ) -> None:
+        system, instance = status_checks(cur)
+        dims = {"InstanceId": ctx.spec.instance_id}
+        out.emit("StatusCheckFailed_System", system, dims)
+        out.emit("StatusCheckFailed_Instance", instance, dims)
+        out.emit("StatusCheckFailed", max(system, instance), dims)

@@ -1,0 +1,116 @@
+"""NetworkIn/Out and NetworkPacketsIn/Out from the VM's tap devices.
+
+Counters come from /proc/<qemu pid>/net/dev, which lists the interfaces of QEMU's own network
+namespace (so a VM in its own netns works too) in one read. The taps are the sidecar's list, or
+else the tun devices QEMU holds open (`iff:` lines in /proc/<pid>/fdinfo), looked up again every
+10 cycles. Host tap counters are reversed: what the tap transmits, the guest receives.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from hiveagent.collector import Collector, Emitter, VmContext
+from hiveagent.counters import counter_deltas
+
+TAP_RESCAN_CYCLES = 10
+_FIELDS = ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets")
+
+
+@dataclass(frozen=True)
+class TapSample:
+    pid: int
+    mono_s: float
+    taps: dict[str, dict[str, int]]  # tap name -> counters (rx_bytes, rx_packets, ...)
+
+
+def read_net_dev(proc_root: str, pid: int) -> bytes:
+    with open(f"{proc_root}/{pid}/net/dev", "rb") as f:
+        return f.read(1 << 20)
+
+
+def parse_net_dev(data: bytes) -> dict[str, dict[str, int]]:
+    """/proc/net/dev: two header lines, then `name: rx_bytes rx_packets errs drop fifo frame
+    compressed multicast tx_bytes tx_packets ...`."""
+    out: dict[str, dict[str, int]] = {}
+    for line in data.decode("ascii", "replace").splitlines()[2:]:
+        name, sep, rest = line.partition(":")
+        if not sep:
+            continue
+        cols = rest.split()
+        if len(cols) < 10:
+            continue
+        out[name.strip()] = {
+            "rx_bytes": int(cols[0]),
+            "rx_packets": int(cols[1]),
+            "tx_bytes": int(cols[8]),
+            "tx_packets": int(cols[9]),
+        }
+    return out
+
+
+def read_tun_ifaces(proc_root: str, pid: int) -> list[str]:
+    """Names of the tun/tap devices the process holds open (fdinfo `iff:` lines)."""
+    names = []
+    fdinfo = f"{proc_root}/{pid}/fdinfo"
+    try:
+        fds = os.listdir(fdinfo)
+    except OSError:
+        return names
+    for fd in fds:
+        try:
+            with open(f"{fdinfo}/{fd}", "rb") as f:
+                text = f.read(4096)
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith(b"iff:"):
+                names.append(line[4:].strip().decode("ascii", "replace"))
+    return sorted(set(names))
+
+
+def network_totals(prev: TapSample, cur: TapSample) -> dict[str, int] | None:
+    """Per-period sums over the VM's taps, in the guest's direction; None when no tap has a
+    delta (first sample, QEMU restarted, no taps)."""
+    if prev.pid != cur.pid:
+        return None
+    deltas = counter_deltas(prev.taps, cur.taps)
+    if not deltas:
+        return None
+    return {
+        "NetworkIn": sum(d["tx_bytes"] for d in deltas.values()),
+        "NetworkOut": sum(d["rx_bytes"] for d in deltas.values()),
+        "NetworkPacketsIn": sum(d["tx_packets"] for d in deltas.values()),
+        "NetworkPacketsOut": sum(d["rx_packets"] for d in deltas.values()),
+    }
+
+
+class TapNet(Collector[TapSample]):
+    name = "tap_net"
+
+    def enabled(self, config: object) -> bool:
+        return bool(getattr(config, "ec2_enabled", True))
+
+    async def sample(self, ctx: VmContext) -> TapSample:
+        assert ctx.pid is not None
+        taps = ctx.spec.taps
+        if taps is None:
+            cached = ctx.cache.get("taps")
+            if cached is None or cached[0] >= TAP_RESCAN_CYCLES:
+                cached = [0, tuple(read_tun_ifaces(ctx.config.proc_root, ctx.pid))]
+            cached[0] += 1
+            ctx.cache["taps"] = cached
+            taps = cached[1]
+        counters = parse_net_dev(read_net_dev(ctx.config.proc_root, ctx.pid)) if taps else {}
+        return TapSample(
+            ctx.pid, time.monotonic(), {t: counters[t] for t in taps if t in counters}
+        )
+
+    def emit(self, prev: TapSample | None, cur: TapSample, ctx: VmContext, out: Emitter) -> None:
+        if prev is None:
+            return
+        totals = network_totals(prev, cur)
+        for name, value in (totals or {}).items():
+            out.emit(name, value, {"InstanceId": ctx.spec.instance_id})

@@ -1,0 +1,3 @@
+from hiveagent.cli import main
+
+raise SystemExit(main())

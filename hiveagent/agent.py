@@ -1,0 +1,228 @@
+"""The collection cycle: discover VMs, collect each (concurrently, bounded), emit datums.
+
+Per VM the framework owns the QMP connection (long-lived; the telemetry socket is ours), the
+guest agent connection (opened per cycle and closed again, so other tools can use the agent
+between cycles), every deadline, the previous samples and the error counts. A collector that
+fails is skipped for that VM and cycle; nothing one VM does can stop the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from collectors import REGISTRY
+from hiveagent.collector import Collector, Emitter, VmContext
+from hiveagent.config import Config
+from hiveagent.discovery import Discovery, VmSpec
+from hiveagent.model import Datum
+from hiveagent.qmp import (
+    QmpError,
+    QmpSession,
+    find_guest_agent_chardev,
+    parse_query_chardev,
+)
+from qga.client import GuestInfo, QgaClient, QgaError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VmRuntime:
+    """What the agent keeps about one VM between cycles."""
+
+    spec: VmSpec
+    qmp: QmpSession
+    pid: int | None = None
+    prev: dict[str, Any] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
+    vcpus: int | None = None
+    qga_chardev: str | None = None  # label of the guest agent port's chardev ("" = none)
+    guest_info: GuestInfo | None = None
+    qga_seen: bool = False  # the guest agent answered during this QEMU process's life
+    run_status: str | None = None
+    qga_state: str = "unknown"
+    last_error: str | None = None
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def new_process(self, pid: int | None) -> None:
+        """QEMU (re)started: everything learned about the old process is void."""
+        self.pid = pid
+        self.prev.clear()
+        self.cache.clear()
+        self.vcpus = None
+        self.qga_chardev = None
+        self.guest_info = None
+        self.qga_seen = False
+
+
+class Agent:
+    def __init__(self, config: Config, collectors: list[Collector[Any]] | None = None) -> None:
+        self.config = config
+        self.discovery = Discovery(config)
+        self.collectors = collectors or [c() for c in REGISTRY if c().enabled(config)]
+        self.vms: dict[str, VmRuntime] = {}
+        self.discovery_problems: list[str] = []
+        self.stats: Counter[str] = Counter()
+        self.last_cycle_s = 0.0
+
+    async def close(self) -> None:
+        for rt in self.vms.values():
+            await rt.qmp.close()
+
+    def rediscover(self) -> None:
+        specs, problems = self.discovery.scan()
+        for p in problems:
+            if p not in self.discovery_problems:
+                log.warning("discovery: %s", p)
+        self.discovery_problems = problems
+        seen = set()
+        for spec in specs:
+            seen.add(spec.instance_id)
+            rt = self.vms.get(spec.instance_id)
+            if rt is None or rt.spec.qmp_socket != spec.qmp_socket:
+                if rt is not None:
+                    asyncio.ensure_future(rt.qmp.close())
+                rt = VmRuntime(spec, QmpSession(spec.qmp_socket, timeout=self.config.qmp_timeout_s))
+                self.vms[spec.instance_id] = rt
+                log.info("vm %s: found (%s)", spec.instance_id, spec.origin)
+            else:
+                rt.spec = spec  # sidecar rewritten (e.g. NIC hot-plug)
+        for gone in set(self.vms) - seen:
+            log.info("vm %s: gone", gone)
+            asyncio.ensure_future(self.vms.pop(gone).qmp.close())
+
+    async def cycle(self) -> list[Datum]:
+        """One collection over every VM, at most max_concurrent_vms at a time."""
+        start = time.monotonic()
+        self.rediscover()
+        limit = asyncio.Semaphore(self.config.max_concurrent_vms)
+
+        async def bounded(rt: VmRuntime) -> list[Datum]:
+            async with limit:
+                return await self.collect_vm(rt)
+
+        results = await asyncio.gather(*(bounded(rt) for rt in self.vms.values()))
+        datums = [d for r in results for d in r]
+        self.last_cycle_s = time.monotonic() - start
+        self.stats["cycles"] += 1
+        self.stats["datums_collected"] += len(datums)
+        return datums
+
+    async def connect_vm(self, rt: VmRuntime, ctx: VmContext) -> str | None:
+        """QMP up, pid known, run status read; returns the guest agent socket to use, if any."""
+        if not rt.qmp.connected:
+            await rt.qmp.connect()
+        if rt.qmp.pid != rt.pid:
+            rt.new_process(rt.qmp.pid)
+        ctx.pid = rt.pid
+        status = await rt.qmp.execute("query-status")
+        ctx.run_status = status.get("status") if isinstance(status, dict) else None
+        if not isinstance(ctx.run_status, str):
+            ctx.run_status = None
+        rt.run_status = ctx.run_status
+        if rt.vcpus is None:
+            cpus = await rt.qmp.execute("query-cpus-fast")
+            rt.vcpus = rt.spec.vcpus or (len(cpus) if isinstance(cpus, list) and cpus else None)
+        ctx.vcpus = rt.vcpus
+        if not self.config.qga_enabled:
+            rt.qga_state = "disabled"
+            return None
+        chardevs = parse_query_chardev(await rt.qmp.execute("query-chardev"))
+        if rt.spec.qga_socket:
+            matching = [c for c in chardevs.values() if c.socket_path == rt.spec.qga_socket]
+            # A socket QEMU does not serve itself (e.g. a relay) cannot be checked: try it.
+            if matching and not matching[0].frontend_open:
+                rt.qga_state = "not running in guest"
+                return None
+            return rt.spec.qga_socket
+        if rt.qga_chardev is None:
+            rt.qga_chardev = await find_guest_agent_chardev(rt.qmp) or ""
+        info = chardevs.get(rt.qga_chardev) if rt.qga_chardev else None
+        if info is None or info.socket_path is None:
+            rt.qga_state = "no guest agent port"
+            return None
+        if not info.frontend_open:
+            rt.qga_state = "not running in guest"
+            return None
+        return info.socket_path
+
+    async def collect_vm(self, rt: VmRuntime) -> list[Datum]:
+        ctx = VmContext(spec=rt.spec, config=self.config, qmp=rt.qmp, pid=None, cache=rt.cache)
+        emitter = Emitter(self.config, time.time())
+        qga_path = None
+        try:
+            qga_path = await self.connect_vm(rt, ctx)
+        except QmpError as exc:
+            ctx.qmp_error = str(exc)
+            rt.errors["qmp"] += 1
+            self.stats["qmp_errors"] += 1
+            if rt.last_error != ctx.qmp_error:
+                log.warning("vm %s: QMP: %s", rt.spec.instance_id, exc)
+            rt.last_error = ctx.qmp_error
+        if qga_path and ctx.run_status == "running":
+            await self._open_guest_agent(rt, ctx, qga_path)
+        ctx.qga_expected = rt.qga_seen and ctx.run_status == "running"
+        try:
+            for collector in self.collectors:
+                await self._run_collector(collector, rt, ctx, emitter)
+        finally:
+            if ctx.qga is not None:
+                await ctx.qga.close()
+        if ctx.qmp_error is None and ctx.qga_error is None:
+            rt.last_error = None
+        return emitter.datums
+
+    async def _open_guest_agent(self, rt: VmRuntime, ctx: VmContext, path: str) -> None:
+        client = QgaClient(
+            path,
+            timeout=self.config.qga_timeout_s,
+            max_reply_bytes=self.config.qga_max_reply_bytes,
+        )
+        try:
+            await client.connect()
+            if rt.guest_info is None:
+                rt.guest_info = await client.guest_info()
+        except QgaError as exc:
+            await client.close()
+            rt.guest_info = None
+            ctx.qga_error = str(exc)
+            rt.errors["qga"] += 1
+            self.stats["qga_errors"] += 1
+            rt.qga_state = f"error: {exc}"
+            if rt.last_error != ctx.qga_error:
+                log.warning("vm %s: guest agent: %s", rt.spec.instance_id, exc)
+            rt.last_error = ctx.qga_error
+            return
+        ctx.qga = client
+        ctx.qga_commands = rt.guest_info.enabled_commands
+        rt.qga_seen = True
+        rt.qga_state = f"ok (qemu-ga {rt.guest_info.version})"
+
+    async def _run_collector(
+        self, collector: Collector[Any], rt: VmRuntime, ctx: VmContext, out: Emitter
+    ) -> None:
+        if collector.needs_qmp and ctx.pid is None:
+            return
+        if collector.qga_command is not None and (
+            ctx.qga is None or collector.qga_command not in ctx.qga_commands
+        ):
+            return
+        try:
+            cur = await collector.sample(ctx)
+        except (QmpError, QgaError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            rt.errors[collector.name] += 1
+            self.stats[f"collector_errors.{collector.name}"] += 1
+            log.warning("vm %s: %s: %s", rt.spec.instance_id, collector.name, exc)
+            return
+        try:
+            collector.emit(rt.prev.get(collector.name), cur, ctx, out)
+        except Exception:  # a bug in one collector must not stop the others
+            rt.errors[collector.name] += 1
+            self.stats[f"collector_bugs.{collector.name}"] += 1
+            log.exception("vm %s: %s: emit failed", rt.spec.instance_id, collector.name)
+        rt.prev[collector.name] = cur

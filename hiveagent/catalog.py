@@ -1,0 +1,122 @@
+"""The metric catalog: every metric hiveagent emits, with unit, dimensions, source and meaning.
+
+Collectors emit through `Emitter` (hiveagent.collector), which refuses a name that is not here or
+dimensions that differ from the row, so the catalog and what is emitted cannot drift apart. The
+README's metric tables are generated from this module (`hiveagent catalog --markdown`) and a test
+checks they match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Family(Enum):
+    """Which configured namespace a metric goes to."""
+
+    EC2 = "ec2"  # hypervisor.ec2.namespace, default Hive/EC2
+    EBS = "ebs"  # hypervisor.ebs.namespace, default Hive/EBS
+    GUEST = "guest"  # metrics.namespace, default CWAgent
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    family: Family
+    unit: str
+    dimensions: tuple[str, ...]
+    source: str
+    semantics: str
+    optional_dimensions: tuple[str, ...] = ()  # dimensions that config may drop
+
+
+_EC2 = ("InstanceId",)
+_EBS = ("VolumeId",)
+_DISK = ("InstanceId", "path", "device", "fstype")
+_DEVICE = ("device",)  # dropped with disk.drop_device
+
+CATALOG: dict[str, MetricSpec] = {
+    spec.name: spec
+    for spec in (
+        MetricSpec("CPUUtilization", Family.EC2, "Percent", _EC2, "/proc/<qemu pid>/stat",
+                   "QEMU process CPU time (all threads, incl. emulation and I/O) over wall time "
+                   "and vCPU count in the period, capped at 100."),
+        MetricSpec("NetworkIn", Family.EC2, "Bytes", _EC2, "/proc/<qemu pid>/net/dev",
+                   "Bytes received by the instance in the period: the tap's tx counter."),
+        MetricSpec("NetworkOut", Family.EC2, "Bytes", _EC2, "/proc/<qemu pid>/net/dev",
+                   "Bytes sent by the instance in the period: the tap's rx counter."),
+        MetricSpec("NetworkPacketsIn", Family.EC2, "Count", _EC2, "/proc/<qemu pid>/net/dev",
+                   "Packets received by the instance in the period (tap tx packets)."),
+        MetricSpec("NetworkPacketsOut", Family.EC2, "Count", _EC2, "/proc/<qemu pid>/net/dev",
+                   "Packets sent by the instance in the period (tap rx packets)."),
+        MetricSpec("DiskReadOps", Family.EC2, "Count", _EC2, "QMP query-blockstats",
+                   "Completed read operations in the period, summed over the instance's disks."),
+        MetricSpec("DiskWriteOps", Family.EC2, "Count", _EC2, "QMP query-blockstats",
+                   "Completed write operations in the period, summed over the instance's disks."),
+        MetricSpec("DiskReadBytes", Family.EC2, "Bytes", _EC2, "QMP query-blockstats",
+                   "Bytes read in the period, summed over the instance's disks."),
+        MetricSpec("DiskWriteBytes", Family.EC2, "Bytes", _EC2, "QMP query-blockstats",
+                   "Bytes written in the period, summed over the instance's disks."),
+        MetricSpec("StatusCheckFailed", Family.EC2, "Count", _EC2, "QMP + guest agent",
+                   "1 if either status check failed in this cycle, else 0."),
+        MetricSpec("StatusCheckFailed_System", Family.EC2, "Count", _EC2, "QMP",
+                   "1 if QMP is unreachable or QEMU is in an error state (internal-error, "
+                   "io-error, shutdown), else 0."),
+        MetricSpec("StatusCheckFailed_Instance", Family.EC2, "Count", _EC2,
+                   "QMP query-status + guest agent",
+                   "1 if the guest panicked, or its guest agent is expected but did not answer, "
+                   "else 0."),
+        MetricSpec("VolumeReadOps", Family.EBS, "Count", _EBS, "QMP query-blockstats",
+                   "Completed read operations on the volume in the period."),
+        MetricSpec("VolumeWriteOps", Family.EBS, "Count", _EBS, "QMP query-blockstats",
+                   "Completed write operations on the volume in the period."),
+        MetricSpec("VolumeReadBytes", Family.EBS, "Bytes", _EBS, "QMP query-blockstats",
+                   "Bytes read from the volume in the period."),
+        MetricSpec("VolumeWriteBytes", Family.EBS, "Bytes", _EBS, "QMP query-blockstats",
+                   "Bytes written to the volume in the period."),
+        MetricSpec("VolumeTotalReadTime", Family.EBS, "Seconds", _EBS, "QMP query-blockstats",
+                   "Sum of the latencies of the reads completed in the period "
+                   "(may exceed the period)."),
+        MetricSpec("VolumeTotalWriteTime", Family.EBS, "Seconds", _EBS, "QMP query-blockstats",
+                   "Sum of the latencies of the writes completed in the period."),
+        MetricSpec("VolumeQueueLength", Family.EBS, "Count", _EBS, "QMP query-blockstats",
+                   "Average outstanding requests over the period by Little's law: "
+                   "(d rd_total_time_ns + d wr_total_time_ns) / period_ns."),
+        MetricSpec("disk_used_percent", Family.GUEST, "Percent", _DISK, "QGA guest-get-fsinfo",
+                   "used / (used + available to unprivileged users) * 100, as df and the "
+                   "CloudWatch Agent compute it.", _DEVICE),
+        MetricSpec("disk_free", Family.GUEST, "Bytes", _DISK, "QGA guest-get-fsinfo",
+                   "Free bytes: f_bfree*f_frsize when qemu-ga reports total-bytes-privileged "
+                   "(9.1+), else bytes available to unprivileged users.", _DEVICE),
+        MetricSpec("disk_total", Family.GUEST, "Bytes", _DISK, "QGA guest-get-fsinfo",
+                   "Filesystem size: total-bytes-privileged (9.1+), else used + available.", _DEVICE),
+        MetricSpec("disk_used", Family.GUEST, "Bytes", _DISK, "QGA guest-get-fsinfo",
+                   "Used bytes: (f_blocks - f_bfree) * f_frsize.", _DEVICE),
+    )
+}
+
+
+def markdown_table(family: Family) -> str:
+    """The README table for one family, one row per metric."""
+    lines = [
+        "| Metric | Unit | Dimensions | Source | Meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for spec in CATALOG.values():
+        if spec.family is family:
+            lines.append(
+                f"| `{spec.name}` | {spec.unit} | {', '.join(spec.dimensions)} "
+                f"| {spec.source} | {spec.semantics} |"
+            )
+    return "\n".join(lines)
+
+
+def markdown_tables() -> str:
+    titles = {
+        Family.EC2: "EC2 instance metrics (namespace `hypervisor.ec2.namespace`, default `Hive/EC2`)",
+        Family.EBS: "EBS volume metrics (namespace `hypervisor.ebs.namespace`, default `Hive/EBS`)",
+        Family.GUEST: "In-guest metrics, CloudWatch Agent names "
+        "(namespace `metrics.namespace`, default `CWAgent`)",
+    }
+    return "\n\n".join(f"### {titles[f]}\n\n{markdown_table(f)}" for f in Family) + "\n"

@@ -1,0 +1,214 @@
+"""hiveagent's command line: run, check-config, list-vms, collect, catalog."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from hiveagent import __version__
+from hiveagent.agent import Agent
+from hiveagent.catalog import markdown_tables
+from hiveagent.config import Config, ConfigError, load_config
+from hiveagent.model import Datum
+from hiveagent.publisher import Publisher, make_client
+
+log = logging.getLogger("hiveagent")
+
+EXIT_CONFIG = 2
+SHUTDOWN_FLUSH_S = 10.0
+# Guest agent commands the collectors use, shown by list-vms.
+METRIC_COMMANDS = (
+    "guest-get-fsinfo",
+    "guest-get-cpustats",
+    "guest-get-diskstats",
+    "guest-network-get-interfaces",
+    "guest-get-vcpus",
+)
+
+
+def _setup_logging(debug: bool) -> None:
+    # journald adds its own timestamps; keep lines short and greppable.
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    if getattr(args, "run_dir", None):
+        config = config.with_run_dir(args.run_dir)
+    return config
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"{config.source}: OK")
+    print(f"  interval {config.interval_s} s, flush every {config.force_flush_interval_s} s")
+    print(f"  namespaces: EC2 {config.ec2_namespace}, EBS {config.ebs_namespace}, "
+          f"guest {config.guest_namespace}")
+    print(f"  endpoint: {config.endpoint_override or 'the region default'}")
+    print(f"  discovery: spinifex {config.spinifex_run_dir or 'off'}, "
+          f"generic patterns {len(config.generic)}")
+    return 0
+
+
+async def _list_vms(config: Config, as_json: bool) -> int:
+    agent = Agent(config)
+    try:
+        await agent.cycle()
+        rows = []
+        for rt in agent.vms.values():
+            info = rt.guest_info
+            rows.append({
+                "instance_id": rt.spec.instance_id,
+                "qmp_socket": rt.spec.qmp_socket,
+                "qmp": f"ok (pid {rt.pid}, {rt.run_status})" if rt.qmp.connected else f"down: {rt.last_error}",
+                "qga": rt.qga_state,
+                "qga_commands": [c for c in METRIC_COMMANDS if info and c in info.enabled_commands],
+                "vcpus": rt.vcpus,
+            })
+    finally:
+        await agent.close()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no VMs found")
+    for r in rows:
+        print(f"{r['instance_id']}  {r['qmp_socket']}")
+        print(f"  QMP: {r['qmp']}, vCPUs {r['vcpus']}")
+        print(f"  guest agent: {r['qga']}")
+        if r["qga_commands"]:
+            print(f"  guest agent metric commands: {', '.join(r['qga_commands'])}")
+    for p in agent.discovery_problems:
+        print(f"problem: {p}")
+    return 0
+
+
+def format_table(datums: Sequence[Datum]) -> str:
+    lines = [f"{'namespace':<10} {'metric':<28} {'value':>16} {'unit':<8} dimensions"]
+    for d in sorted(datums, key=lambda d: (d.namespace, d.dimensions, d.name)):
+        dims = ",".join(f"{k}={v}" for k, v in d.dimensions)
+        lines.append(f"{d.namespace:<10} {d.name:<28} {d.value:>16.6g} {d.unit:<8} {dims}")
+    return "\n".join(lines)
+
+
+async def _collect_once(config: Config, fmt: str, gap_s: float) -> int:
+    agent = Agent(config)
+    try:
+        await agent.cycle()  # primes the counters
+        await asyncio.sleep(gap_s)
+        datums = await agent.cycle()
+    finally:
+        await agent.close()
+    if fmt == "json":
+        print(json.dumps([d.as_json() for d in datums], indent=1))
+    else:
+        print(format_table(datums))
+    return 0
+
+
+async def _run(config: Config, max_cycles: int | None) -> int:
+    agent = Agent(config)
+    publisher = Publisher(make_client(config.region, config.endpoint_override))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("hiveagent %s running: interval %d s, endpoint %s", __version__,
+             config.interval_s, config.endpoint_override or "region default")
+    next_tick = time.monotonic()
+    last_flush = time.monotonic()
+    cycles = 0
+    try:
+        while not stop.is_set():
+            datums = await agent.cycle()
+            publisher.add(datums)
+            cycles += 1
+            log.debug("cycle %d: %d VMs, %d datums, %.3f s", cycles, len(agent.vms),
+                      len(datums), agent.last_cycle_s)
+            done = max_cycles is not None and cycles >= max_cycles
+            if done or time.monotonic() - last_flush >= config.force_flush_interval_s:
+                await publisher.flush()
+                last_flush = time.monotonic()
+            if done:
+                break
+            next_tick += config.interval_s
+            now = time.monotonic()
+            if next_tick < now:  # a slow cycle: skip the ticks it overran
+                next_tick = now + config.interval_s - (now - next_tick) % config.interval_s
+            try:
+                await asyncio.wait_for(stop.wait(), next_tick - now)
+            except TimeoutError:
+                pass
+    finally:
+        try:
+            await asyncio.wait_for(publisher.flush(), SHUTDOWN_FLUSH_S)
+        except TimeoutError:
+            pass
+        if publisher.queue:
+            publisher.drop(len(publisher.queue), "shutdown", "endpoint not reachable at shutdown")
+        await agent.close()
+        log.info("stopped after %d cycle(s); sent %d datum(s); %s", cycles,
+                 publisher.stats["datums_sent"],
+                 ", ".join(f"{k}={v}" for k, v in sorted(publisher.stats.items())))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hiveagent", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hiveagent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str, discovers: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("-c", "--config", required=True, help="agent.json")
+        if discovers:
+            p.add_argument("--run-dir", help="read Spinifex sidecars from this directory")
+        return p
+
+    p = add("run", "run the daemon")
+    p.add_argument("--cycles", type=int, help="stop after N cycles (testing, demos)")
+    add("check-config", "validate agent.json and exit", discovers=False)
+    p = add("list-vms", "show the VMs found and their QMP and guest agent state")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p = add("collect", "collect twice, print the datums, push nothing")
+    p.add_argument("--once", action="store_true", required=True)
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--gap", type=float, default=2.0, help="seconds between the two samples")
+    cat = sub.add_parser("catalog", help="print the metric catalog as Markdown tables")
+    cat.add_argument("--markdown", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "catalog":
+        sys.stdout.write(markdown_tables())
+        return 0
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"hiveagent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    _setup_logging(config.debug)
+    if args.command == "check-config":
+        return cmd_check_config(args)
+    if args.command == "list-vms":
+        return asyncio.run(_list_vms(config, args.format == "json"))
+    if args.command == "collect":
+        return asyncio.run(_collect_once(config, args.format, args.gap))
+    if args.command == "run":
+        return asyncio.run(_run(config, args.cycles))
+    raise AssertionError(args.command)
+

@@ -1,0 +1,99 @@
+"""The collector framework: what a collector is, what it gets, and how it emits.
+
+A collector (one module in `collectors/`, registered in `collectors/__init__.py`) has two parts:
+`sample()` does the only I/O (through `read_*`/QMP/QGA) and returns a typed record; `emit()` is
+pure: from the previous and current record it derives values and hands them to the Emitter. The
+framework (hiveagent.agent) owns connections, deadlines, error counting and the previous samples.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from hiveagent.catalog import CATALOG, Family
+from hiveagent.config import Config
+from hiveagent.discovery import VmSpec
+from hiveagent.model import Datum
+from hiveagent.qmp import QmpSession
+from qga.client import QgaClient
+
+S = TypeVar("S")
+
+
+@dataclass
+class VmContext:
+    """Everything a collector may use for one VM in one cycle."""
+
+    spec: VmSpec
+    config: Config
+    qmp: QmpSession
+    pid: int | None  # QEMU's pid (SO_PEERCRED); None when QMP is down
+    qmp_error: str | None = None
+    run_status: str | None = None  # query-status `status`
+    qga: QgaClient | None = None  # READY client, or None
+    qga_commands: frozenset[str] = frozenset()
+    qga_expected: bool = False  # the guest agent answered before in this QEMU's life
+    qga_error: str | None = None
+    vcpus: int | None = None
+    cache: dict[str, Any] = field(default_factory=dict)  # per-VM, lives as long as the pid
+
+
+class Emitter:
+    """Builds Datums for one VM, checking each against the catalog."""
+
+    def __init__(self, config: Config, timestamp: float) -> None:
+        self.namespaces = {
+            Family.EC2: config.ec2_namespace,
+            Family.EBS: config.ebs_namespace,
+            Family.GUEST: config.guest_namespace,
+        }
+        self.timestamp = timestamp
+        self.resolution = 1 if config.interval_s < 60 else 60
+        self.datums: list[Datum] = []
+        self.rejected: list[str] = []  # reasons for values that could not be emitted
+
+    def emit(self, name: str, value: float, dims: Mapping[str, str]) -> None:
+        spec = CATALOG.get(name)
+        if spec is None:
+            raise KeyError(f"metric {name!r} is not in the catalog")
+        missing = set(spec.dimensions) - set(spec.optional_dimensions) - set(dims)
+        extra = set(dims) - set(spec.dimensions)
+        if missing or extra:
+            raise ValueError(f"{name}: dimensions {sorted(dims)} differ from the catalog's")
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            self.rejected.append(f"{name}: non-finite value {value!r}")
+            return
+        self.datums.append(
+            Datum(
+                namespace=self.namespaces[spec.family],
+                name=name,
+                dimensions=tuple(sorted(dims.items())),
+                value=float(value),
+                unit=spec.unit,
+                timestamp=self.timestamp,
+                storage_resolution=self.resolution,
+            )
+        )
+
+
+class Collector(ABC, Generic[S]):
+    """One metric source."""
+
+    name: ClassVar[str]
+    needs_qmp: ClassVar[bool] = True  # skipped when QMP is down
+    qga_command: ClassVar[str | None] = None  # skipped unless the guest agent has it enabled
+
+    def enabled(self, config: Config) -> bool:
+        return True
+
+    @abstractmethod
+    async def sample(self, ctx: VmContext) -> S:
+        """Do the I/O; return a typed record (monotonic time included where deltas need it)."""
+
+    @abstractmethod
+    def emit(self, prev: S | None, cur: S, ctx: VmContext, out: Emitter) -> None:
+        """Pure: derive values from two samples and emit them."""

@@ -1,0 +1,222 @@
+"""agent.json: validated once against the shipped JSON Schema, then turned into frozen objects.
+
+The format is the Amazon CloudWatch Agent's (`agent`, `metrics`) plus a `hypervisor` section for
+what that agent has no words for. Unlike the CloudWatch Agent, unknown keys are rejected
+everywhere, including inside plugins. Every error names the JSON path of the offending value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import ValidationError
+
+DEFAULT_INTERVAL_S = 60
+DEFAULT_SPINIFEX_RUN_DIR = "/run/spinifex"
+DISK_MEASUREMENTS = ("used_percent", "free", "total", "used")
+
+
+class ConfigError(Exception):
+    """A config problem; `str()` is the operator-facing message naming the JSON path."""
+
+
+@dataclass(frozen=True)
+class DiskPlugin:
+    """metrics.metrics_collected.disk"""
+
+    metrics: tuple[str, ...]  # full CloudWatch Agent names, e.g. "disk_used_percent"
+    resources: tuple[str, ...]  # mount points, or ("*",) for all
+    ignore_file_system_types: tuple[str, ...]
+    drop_device: bool
+    interval_s: int
+
+    def wants_mount(self, mountpoint: str) -> bool:
+        return "*" in self.resources or mountpoint in self.resources
+
+
+@dataclass(frozen=True)
+class GenericDiscovery:
+    """One hypervisor.discovery.generic entry: QMP sockets by glob, instance id by regex."""
+
+    qmp_glob: str
+    instance_id_regex: re.Pattern[str]
+    qga_socket: str | None  # template with {instance_id}, {qmp_dir}
+    vcpus: int | None
+
+
+@dataclass(frozen=True)
+class Config:
+    interval_s: int
+    region: str | None
+    debug: bool
+    guest_namespace: str
+    ec2_enabled: bool
+    ec2_namespace: str
+    ebs_enabled: bool
+    ebs_namespace: str
+    endpoint_override: str | None
+    force_flush_interval_s: int
+    append_dimensions: tuple[str, ...]  # dimension names to add when known per VM
+    disk: DiskPlugin | None
+    spinifex_run_dir: str | None  # None = Spinifex discovery off
+    generic: tuple[GenericDiscovery, ...]
+    qmp_timeout_s: float
+    qga_enabled: bool
+    qga_timeout_s: float
+    qga_max_reply_bytes: int
+    max_concurrent_vms: int
+    proc_root: str
+    state_dir: str
+    source: str = field(default="<memory>", compare=False)
+
+    def with_run_dir(self, run_dir: str) -> Config:
+        """The `--run-dir` override: Spinifex sidecars are read from run_dir."""
+        return replace(self, spinifex_run_dir=run_dir)
+
+
+def _schema() -> dict[str, Any]:
+    text = resources.files("hiveagent").joinpath("schema/agent.schema.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+_VALIDATOR = jsonschema.Draft202012Validator(_schema())
+
+
+def json_path(parts: Any) -> str:
+    """`$.metrics.metrics_collected.disk` style path from a jsonschema path deque."""
+    out = "$"
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _describe(error: ValidationError) -> str:
+    path = json_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        names = ", ".join(repr(e) for e in extra)
+        return f"{path}: unknown key {names}; expected one of: {', '.join(allowed)}"
+    if error.validator == "required":
+        return f"{path}: {error.message}"
+    if error.validator == "type":
+        return f"{path}: expected {error.validator_value}, got {json.dumps(error.instance)}"
+    if error.validator == "enum":
+        options = ", ".join(json.dumps(v) for v in error.validator_value)
+        return f"{path}: {json.dumps(error.instance)} is not one of: {options}"
+    if error.validator == "const":
+        return f"{path}: must be {json.dumps(error.validator_value)}"
+    return f"{path}: {error.message}"
+
+
+def _first_errors(data: Any) -> list[str]:
+    errors = sorted(_VALIDATOR.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    return [_describe(e) for e in errors]
+
+
+def parse_config(data: Any, source: str = "<memory>") -> Config:
+    """Validate a decoded agent.json and build the Config. Raises ConfigError."""
+    problems = _first_errors(data)
+    if problems:
+        raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(problems))
+    agent = data.get("agent", {})
+    metrics = data.get("metrics", {})
+    hyper = data.get("hypervisor", {})
+    interval = agent.get("metrics_collection_interval", DEFAULT_INTERVAL_S)
+    collected = metrics.get("metrics_collected", {})
+
+    disk = None
+    if "disk" in collected:
+        d = collected["disk"]
+        names = d.get("measurement", list(DISK_MEASUREMENTS))
+        disk = DiskPlugin(
+            metrics=tuple(n if n.startswith("disk_") else f"disk_{n}" for n in names),
+            resources=tuple(d.get("resources", ["*"])),
+            ignore_file_system_types=tuple(d.get("ignore_file_system_types", [])),
+            drop_device=d.get("drop_device", False),
+            interval_s=d.get("metrics_collection_interval", interval),
+        )
+        if len(set(disk.metrics)) != len(disk.metrics):
+            raise ConfigError(
+                f"{source}: $.metrics.metrics_collected.disk.measurement: "
+                "the same metric is named twice (with and without the disk_ prefix)"
+            )
+
+    discovery = hyper.get("discovery", {})
+    spinifex = discovery.get("spinifex", {})
+    spinifex_dir = (
+        spinifex.get("run_dir", DEFAULT_SPINIFEX_RUN_DIR) if spinifex.get("enabled", True) else None
+    )
+    generic = []
+    for i, g in enumerate(discovery.get("generic", [])):
+        where = f"$.hypervisor.discovery.generic[{i}]"
+        try:
+            pattern = re.compile(g["instance_id_regex"])
+        except re.error as exc:
+            raise ConfigError(f"{source}: {where}.instance_id_regex: not a valid regex: {exc}") from None
+        if "instance_id" not in pattern.groupindex:
+            raise ConfigError(
+                f"{source}: {where}.instance_id_regex: needs a named group (?P<instance_id>...)"
+            )
+        template = g.get("qga_socket")
+        if template is not None:
+            try:
+                template.format(instance_id="i", qmp_dir="/d")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ConfigError(
+                    f"{source}: {where}.qga_socket: bad template ({exc!r}); "
+                    "use {instance_id} and {qmp_dir}"
+                ) from None
+        generic.append(GenericDiscovery(g["qmp_glob"], pattern, template, g.get("vcpus")))
+
+    qmp = hyper.get("qmp", {})
+    qga = hyper.get("qga", {})
+    ec2 = hyper.get("ec2", {})
+    ebs = hyper.get("ebs", {})
+    return Config(
+        interval_s=interval,
+        region=agent.get("region"),
+        debug=agent.get("debug", False),
+        guest_namespace=metrics.get("namespace", "CWAgent"),
+        ec2_enabled=ec2.get("enabled", True),
+        ec2_namespace=ec2.get("namespace", "Hive/EC2"),
+        ebs_enabled=ebs.get("enabled", True),
+        ebs_namespace=ebs.get("namespace", "Hive/EBS"),
+        endpoint_override=metrics.get("endpoint_override"),
+        force_flush_interval_s=metrics.get("force_flush_interval", 60),
+        append_dimensions=tuple(sorted(metrics.get("append_dimensions", {}))),
+        disk=disk,
+        spinifex_run_dir=spinifex_dir,
+        generic=tuple(generic),
+        qmp_timeout_s=float(qmp.get("timeout_seconds", 2.0)),
+        qga_enabled=qga.get("enabled", True),
+        qga_timeout_s=float(qga.get("timeout_seconds", 3.0)),
+        qga_max_reply_bytes=qga.get("max_reply_bytes", 1 << 20),
+        max_concurrent_vms=hyper.get("max_concurrent_vms", 32),
+        proc_root=hyper.get("proc_root", "/proc"),
+        state_dir=hyper.get("state_dir", "/var/lib/hiveagent"),
+        source=source,
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, decode and validate agent.json. Raises ConfigError with a clear message."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{p}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    return parse_config(data, source=str(p))

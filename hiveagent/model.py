@@ -1,0 +1,42 @@
+"""The metric datum: what collectors produce and the publisher sends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+Dimensions = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Datum:
+    """One CloudWatch datum.
+
+    `timestamp` is Unix epoch seconds (UTC) of the end of the period the value describes.
+    `dimensions` is sorted by name so equal datums compare equal. `storage_resolution` is 60
+    (standard) or 1 (high resolution).
+    """
+
+    namespace: str
+    name: str
+    dimensions: Dimensions
+    value: float
+    unit: str
+    timestamp: float
+    storage_resolution: int = 60
+
+    def as_json(self) -> dict[str, Any]:
+        """The `collect --format json` shape."""
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "dimensions": dict(self.dimensions),
+            "value": self.value,
+            "unit": self.unit,
+            "timestamp": self.timestamp,
+        }
+
+
+def make_dimensions(**pairs: str) -> Dimensions:
+    """Dimensions from keyword pairs, sorted by name."""
+    return tuple(sorted(pairs.items()))

@@ -1,0 +1,166 @@
+"""QMP access for one VM: qemu.qmp's QMPClient with a deadline on every call, the QEMU pid from
+SO_PEERCRED, and the pure parsers that find the guest agent's socket through QMP."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from qemu.qmp import ExecuteError, QMPClient, QMPError
+
+QGA_PORT_NAME = "org.qemu.guest_agent.0"
+
+
+class QmpError(Exception):
+    """Root error of QMP access; `__cause__` keeps the underlying one."""
+
+
+class QmpTimeout(QmpError):
+    pass
+
+
+class QmpCommandError(QmpError):
+    def __init__(self, command: str, error_class: str, desc: str) -> None:
+        super().__init__(f"{command}: {error_class}: {desc}")
+        self.error_class = error_class
+
+
+def peer_pid(sock: socket.socket) -> int:
+    """The pid of the process at the other end of a connected unix socket (SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, _uid, _gid = struct.unpack("3i", creds)
+    return int(pid)
+
+
+class QmpSession:
+    """A long-lived QMP connection to one VM's telemetry socket."""
+
+    def __init__(self, path: str, *, timeout: float, name: str = "hiveagent") -> None:
+        self.path = path
+        self.timeout = timeout
+        self.pid: int | None = None
+        self._client: QMPClient | None = None
+        self._name = name
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    async def connect(self) -> None:
+        """Connect and negotiate within one deadline. A QMP socket serves one client: if
+        another holds it, no greeting comes and this times out."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        client = QMPClient(self._name)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await asyncio.get_running_loop().sock_connect(sock, self.path)
+                self.pid = peer_pid(sock)
+                await client.connect(sock)
+        except TimeoutError as exc:
+            sock.close()
+            await _quiet_disconnect(client)
+            raise QmpTimeout(f"{self.path}: no QMP greeting within {self.timeout:g} s") from exc
+        except (OSError, QMPError) as exc:
+            sock.close()
+            await _quiet_disconnect(client)
+            raise QmpError(f"{self.path}: cannot connect: {exc}") from exc
+        self._client = client
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Run one command within the deadline. Any failure other than a command error drops
+        the connection; the next cycle reconnects."""
+        if self._client is None:
+            raise QmpError(f"{self.path}: not connected")
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._client.execute(command, arguments)
+        except ExecuteError as exc:
+            raise QmpCommandError(command, exc.error_class, exc.error.desc) from exc
+        except TimeoutError as exc:
+            await self.close()
+            raise QmpTimeout(f"{command}: no reply within {self.timeout:g} s") from exc
+        except (QMPError, OSError, EOFError) as exc:
+            await self.close()
+            raise QmpError(f"{command}: connection lost: {exc!r}") from exc
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await _quiet_disconnect(client)
+
+
+async def _quiet_disconnect(client: QMPClient) -> None:
+    try:
+        await asyncio.wait_for(client.disconnect(), 1.0)
+    except (QMPError, OSError, EOFError, TimeoutError):
+        pass
+
+
+# -- finding the guest agent through QMP (pure parsers) ------------------------------------
+
+
+@dataclass(frozen=True)
+class ChardevInfo:
+    label: str
+    socket_path: str | None  # the unix socket path of a server chardev, if any
+    frontend_open: bool
+
+
+def parse_virtserialports(qom_list_reply: Any) -> list[str]:
+    """Names of `child<virtserialport>` entries in a qom-list reply."""
+    if not isinstance(qom_list_reply, list):
+        return []
+    return [
+        e["name"]
+        for e in qom_list_reply
+        if isinstance(e, dict)
+        and e.get("type") == "child<virtserialport>"
+        and isinstance(e.get("name"), str)
+    ]
+
+
+def parse_chardev_filename(filename: str) -> str | None:
+    """`unix:/path,server=on` or `disconnected:unix:/path,server=on` -> `/path`."""
+    if filename.startswith("disconnected:"):
+        filename = filename[len("disconnected:") :]
+    if not filename.startswith("unix:"):
+        return None
+    return filename[len("unix:") :].split(",", 1)[0] or None
+
+
+def parse_query_chardev(reply: Any) -> dict[str, ChardevInfo]:
+    out: dict[str, ChardevInfo] = {}
+    if not isinstance(reply, list):
+        return out
+    for e in reply:
+        if not isinstance(e, dict):
+            continue
+        label, filename = e.get("label"), e.get("filename")
+        if not isinstance(label, str) or not isinstance(filename, str):
+            continue
+        out[label] = ChardevInfo(
+            label=label,
+            socket_path=parse_chardev_filename(filename),
+            frontend_open=e.get("frontend-open") is True,
+        )
+    return out
+
+
+async def find_guest_agent_chardev(session: QmpSession) -> str | None:
+    """The chardev label behind the org.qemu.guest_agent.0 port, via qom-list and qom-get."""
+    for container in ("/machine/peripheral", "/machine/peripheral-anon"):
+        try:
+            entries = await session.execute("qom-list", {"path": container})
+        except QmpCommandError:
+            continue
+        for port in parse_virtserialports(entries):
+            path = f"{container}/{port}"
+            name = await session.execute("qom-get", {"path": path, "property": "name"})
+            if name == QGA_PORT_NAME:
+                chardev = await session.execute("qom-get", {"path": path, "property": "chardev"})
+                return chardev if isinstance(chardev, str) else None
+    return None

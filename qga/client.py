@@ -1,0 +1,307 @@
+"""asyncio client for qemu-ga over a unix socket.
+
+Why not qemu.qmp: qemu-ga sends no greeting, answers the 0xFF resync byte with an id-less error
+and prefixes the sync reply with 0xFF, all of which qemu.qmp's QMPClient treats as fatal.
+
+Protocol (REFERENCE.md section 2): newline-delimited JSON, one command at a time, one client at a
+time. A client that timed out earlier may have left a half-sent request or late replies in the
+channel, so every new connection, and every command after a timeout, first resynchronises:
+write 0xFF then `guest-sync-delimited {id}`; discard all bytes up to the 0xFF qemu-ga puts
+before its reply; then read replies until the one carrying `return == id`. Every command is
+sent with its own `id` and only the reply echoing that id is accepted, so a stale reply can never
+be taken for another command's answer.
+
+State machine: DISCONNECTED -> (connect) -> UNSYNCED -> (sync) -> READY; a timeout or a bad reply
+while READY -> UNSYNCED (resync before the next command); a closed socket, an oversized reply
+or a failed sync -> CLOSED (the owner makes a new client).
+
+Guest replies are untrusted: every read is bounded by `max_reply_bytes` and every call by a
+deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import json
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 65536
+
+
+class QgaError(Exception):
+    """Root of every error this client raises; `__cause__` keeps the underlying one."""
+
+
+class QgaTimeout(QgaError):
+    """The guest agent did not answer within the deadline."""
+
+
+class QgaClosedError(QgaError):
+    """The connection is closed or could not be opened."""
+
+
+class QgaProtocolError(QgaError):
+    """The guest agent sent something that is not a valid, bounded reply."""
+
+
+class QgaCommandError(QgaError):
+    """The guest agent answered with an error object."""
+
+    def __init__(self, command: str, error_class: str, desc: str) -> None:
+        super().__init__(f"{command}: {error_class}: {desc}")
+        self.command = command
+        self.error_class = error_class
+        self.desc = desc
+
+    @property
+    def unavailable(self) -> bool:
+        """The command does not exist, is disabled, or is unsupported in this guest."""
+        return (
+            self.error_class == "CommandNotFound"
+            or "has been disabled" in self.desc
+            or "not currently supported" in self.desc
+        )
+
+
+class QgaState(enum.Enum):
+    DISCONNECTED = "disconnected"
+    UNSYNCED = "unsynced"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class GuestInfo:
+    """guest-info: the agent's version and the commands it has enabled."""
+
+    version: str
+    enabled_commands: frozenset[str]
+
+
+def parse_guest_info(reply: Any) -> GuestInfo:
+    """Validate a guest-info `return` value field by field."""
+    if not isinstance(reply, dict):
+        raise QgaProtocolError("guest-info: reply is not an object")
+    version = reply.get("version")
+    commands = reply.get("supported_commands")
+    if not isinstance(version, str) or not isinstance(commands, list):
+        raise QgaProtocolError("guest-info: missing version or supported_commands")
+    enabled = set()
+    for entry in commands:
+        if (
+            isinstance(entry, dict)
+            and isinstance(entry.get("name"), str)
+            and entry.get("enabled") is True
+            and len(entry["name"]) <= 128
+        ):
+            enabled.add(entry["name"])
+    return GuestInfo(version=version[:64], enabled_commands=frozenset(enabled))
+
+
+class QgaClient:
+    """One connection to one guest agent socket. Not safe for concurrent commands: a lock
+    serialises them, as qemu-ga requires."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        timeout: float = 3.0,
+        max_reply_bytes: int = 1 << 20,
+    ) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.max_reply_bytes = max_reply_bytes
+        self.state = QgaState.DISCONNECTED
+        self.stale_replies = 0  # replies read and ignored (wrong id, id-less errors)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._buf = bytearray()
+        self._lock = asyncio.Lock()
+        self._ids = itertools.count(random.randrange(1, 1 << 30))
+
+    # -- connection ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the socket and resynchronise, within one deadline."""
+        if self.state is not QgaState.DISCONNECTED:
+            raise QgaClosedError(f"{self.path}: connect() in state {self.state.value}")
+        try:
+            async with asyncio.timeout(self.timeout):
+                self._reader, self._writer = await asyncio.open_unix_connection(
+                    self.path, limit=_CHUNK
+                )
+        except TimeoutError as exc:
+            self.state = QgaState.CLOSED
+            raise QgaTimeout(f"{self.path}: connect timed out") from exc
+        except OSError as exc:
+            self.state = QgaState.CLOSED
+            raise QgaClosedError(f"{self.path}: cannot connect: {exc.strerror or exc}") from exc
+        self.state = QgaState.UNSYNCED
+        async with self._lock:
+            await self._sync()
+
+    async def close(self) -> None:
+        self.state = QgaState.CLOSED
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            except (OSError, TimeoutError):
+                pass
+
+    async def __aenter__(self) -> QgaClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- commands -----------------------------------------------------------------------------
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Run one command and return its `return` value; raises QgaError subclasses."""
+        async with self._lock:
+            if self.state is QgaState.UNSYNCED:
+                await self._sync()
+            if self.state is not QgaState.READY:
+                raise QgaClosedError(f"{self.path}: not connected ({self.state.value})")
+            msg_id = next(self._ids)
+            msg: dict[str, Any] = {"execute": command, "id": msg_id}
+            if arguments:
+                msg["arguments"] = arguments
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._send(json.dumps(msg).encode() + b"\n")
+                    while True:
+                        reply = await self._read_object()
+                        if reply.get("id") == msg_id:
+                            break
+                        self.stale_replies += 1
+            except TimeoutError as exc:
+                self.state = QgaState.UNSYNCED
+                raise QgaTimeout(f"{command}: no reply within {self.timeout:g} s") from exc
+            if "error" in reply:
+                err = reply["error"]
+                if not isinstance(err, dict):
+                    raise QgaProtocolError(f"{command}: malformed error reply")
+                raise self._command_error(command, err)
+            if "return" not in reply:
+                self.state = QgaState.UNSYNCED
+                raise QgaProtocolError(f"{command}: reply has neither return nor error")
+            return reply["return"]
+
+    async def guest_info(self) -> GuestInfo:
+        return parse_guest_info(await self.execute("guest-info"))
+
+    @staticmethod
+    def _command_error(command: str, err: dict[str, Any]) -> QgaCommandError:
+        cls = err.get("class")
+        desc = err.get("desc")
+        return QgaCommandError(
+            command,
+            cls[:64] if isinstance(cls, str) else "?",
+            desc[:256] if isinstance(desc, str) else "",
+        )
+
+    # -- framing ------------------------------------------------------------------------------
+
+    async def _sync(self) -> None:
+        """0xFF + guest-sync-delimited; on failure the client is CLOSED."""
+        sync_id = random.randrange(1, 1 << 31)
+        request = b"\xff" + json.dumps(
+            {"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}
+        ).encode() + b"\n"
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._send(request)
+                await self._discard_through_delimiter()
+                while True:
+                    reply = await self._read_object()
+                    if reply.get("return") == sync_id:
+                        break
+                    self.stale_replies += 1
+        except TimeoutError as exc:
+            await self.close()
+            raise QgaTimeout(f"{self.path}: guest-sync-delimited: no reply within {self.timeout:g} s") from exc
+        except QgaError:
+            await self.close()
+            raise
+        self.state = QgaState.READY
+
+    async def _send(self, data: bytes) -> None:
+        if self._writer is None:
+            raise QgaClosedError(f"{self.path}: not connected")
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except OSError as exc:
+            await self.close()
+            raise QgaClosedError(f"{self.path}: write failed: {exc}") from exc
+
+    async def _fill(self) -> None:
+        if self._reader is None:
+            raise QgaClosedError(f"{self.path}: not connected")
+        try:
+            chunk = await self._reader.read(_CHUNK)
+        except OSError as exc:
+            await self.close()
+            raise QgaClosedError(f"{self.path}: read failed: {exc}") from exc
+        if not chunk:
+            await self.close()
+            raise QgaClosedError(f"{self.path}: guest agent closed the connection")
+        self._buf += chunk
+
+    async def _discard_through_delimiter(self) -> None:
+        """Drop every byte up to and including the first 0xFF (bounded by max_reply_bytes)."""
+        discarded = 0
+        while True:
+            i = self._buf.find(0xFF)
+            if i >= 0:
+                del self._buf[: i + 1]
+                return
+            discarded += len(self._buf)
+            self._buf.clear()
+            if discarded > self.max_reply_bytes:
+                raise QgaProtocolError(f"{self.path}: no sync delimiter within {discarded} bytes")
+            await self._fill()
+
+    async def _read_line(self) -> bytes:
+        start = 0
+        while True:
+            i = self._buf.find(b"\n", start)
+            if i >= 0:
+                line = bytes(self._buf[:i])
+                del self._buf[: i + 1]
+                return line
+            start = len(self._buf)
+            if start > self.max_reply_bytes:
+                await self.close()
+                raise QgaProtocolError(
+                    f"{self.path}: reply exceeds {self.max_reply_bytes} bytes; connection dropped"
+                )
+            await self._fill()
+
+    async def _read_object(self) -> dict[str, Any]:
+        """The next reply object; blank lines and non-object JSON count as stale."""
+        while True:
+            line = (await self._read_line()).strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except (ValueError, RecursionError):
+                self.stale_replies += 1
+                log.debug("%s: ignoring undecodable line of %d bytes", self.path, len(line))
+                continue
+            if isinstance(obj, dict):
+                return obj
+            self.stale_replies += 1
