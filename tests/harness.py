@@ -156,6 +156,7 @@ class Harness:
         memory_mb: int = 256,
         sidecar: bool = True,
         balloon_poll_s: int = 2,
+        tap: bool = False,
     ) -> Vm:
         """Start one VM the Spinifex way. volumes: (size MiB, ext4?) each; the guest mounts the
         first ext4 one on /mnt/data. Without boot_guest, QEMU runs with no guest OS."""
@@ -172,7 +173,9 @@ class Harness:
             with open(img, "wb") as f:
                 f.truncate(size << 20)
             if ext4:
-                subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
+                # No lazy init: a background inode-table zeroing would write to the disk during tests.
+                subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+                                str(img)], check=True)
             vols.append(Volume(vol_id, img, size, ext4))
         accel = self.accel() if boot_guest else "tcg"
         cmd = [
@@ -186,9 +189,16 @@ class Harness:
             "-device", "virtio-serial-pci,id=vser0",
             "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0,id=qgaport0",
             "-device", f"virtio-balloon-pci,id=balloon0,guest-stats-polling-interval={balloon_poll_s}",
-            "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
+            "-device", "virtio-net-pci,netdev=n0",
             "-serial", f"file:{console}",
         ]
+        # Spinifex names taps "tap" + the ENI id without "eni-", cut to 15 characters.
+        eni_id = f"eni-{n:04x}{0xC0FFEE:013x}"
+        tap_name = f"tap{eni_id[4:]}"[:15]
+        if tap:
+            cmd += ["-netdev", f"tap,id=n0,ifname={tap_name},script=no,downscript=no"]
+        else:
+            cmd += ["-netdev", "user,id=n0"]
         for v in vols:
             node = f"nbd-{v.volume_id}"
             cmd += [
@@ -208,6 +218,11 @@ class Harness:
         if p.poll() is not None:
             raise RuntimeError(f"QEMU exited: {(d / 'qemu.err').read_text()}")
         vm = Vm(instance_id, d, qmp, qga, vols, p, console, accel, vcpus)
+        if tap:
+            # An isolated link: no address, no IPv6 chatter from the host; only the guest talks.
+            subprocess.run(["sysctl", "-q", f"net.ipv6.conf.{tap_name}.disable_ipv6=1"], check=True)
+            subprocess.run(["ip", "link", "set", tap_name, "up"], check=True)
+            vm.taps = [tap_name]
         if sidecar:
             self.write_sidecar(vm)
         self.vms.append(vm)

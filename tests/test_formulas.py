@@ -1,0 +1,175 @@
+"""Every formula against recorded real QMP/QGA replies and checked-in /proc files."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import DATA, recorded
+
+from collectors.blockstats import BlockSample, device_name, parse_blockstats, volume_id, volume_values
+from collectors.guest_disk import FsRecord, disk_values, parse_fsinfo
+from collectors.process_cpu import ProcCpuSample, cpu_utilization, parse_proc_stat, read_proc_stat
+from collectors.status import StatusSample, status_checks
+from collectors.tap_net import (
+    TapSample,
+    network_totals,
+    parse_net_dev,
+    read_net_dev,
+    read_tun_ifaces,
+)
+from hiveagent.qmp import (
+    parse_chardev_filename,
+    parse_query_chardev,
+    parse_virtserialports,
+)
+from qga.client import parse_guest_info
+
+PROC = str(DATA / "proc")
+
+
+def test_blockstats_recorded_devices_and_counters() -> None:
+    devices = parse_blockstats(recorded("qmp-query-blockstats"))
+    assert set(devices) == {"vdisk-vol-0123456789abcdef0", "vdisk-vol-0123456789abcdef1"}
+    scratch = devices["vdisk-vol-0123456789abcdef1"]
+    # Two runs of `dd bs=4096 count=256 oflag=direct` in the guest: 512 ops, 2 MiB.
+    assert scratch["wr_operations"] == 512
+    assert scratch["wr_bytes"] == 2 * 1024 * 1024
+    assert scratch["wr_total_time_ns"] == 40029965
+    assert volume_id("vdisk-vol-0123456789abcdef1", "i-1") == "vol-0123456789abcdef1"
+    assert volume_id("os", "i-0123") == "i-0123:os"
+
+
+def test_device_name_prefers_device_then_qdev() -> None:
+    assert device_name({"device": "os", "qdev": "/machine/peripheral/x/virtio-backend"}) == "os"
+    assert device_name({"device": "", "qdev": "/machine/peripheral-anon/device[3]/virtio-backend"}) == "device[3]"
+    assert device_name({"device": ""}) is None
+
+
+def test_volume_values_from_two_recorded_samples() -> None:
+    cur = parse_blockstats(recorded("qmp-query-blockstats"))
+    prev = {k: {c: 0 for c in v} for k, v in cur.items()}
+    d = {k: cur["vdisk-vol-0123456789abcdef1"][k] - prev["vdisk-vol-0123456789abcdef1"][k] for k in cur["vdisk-vol-0123456789abcdef1"]}
+    v = volume_values(d, period_s=60.0)
+    assert v["VolumeWriteOps"] == 512
+    assert v["VolumeWriteBytes"] == 2097152
+    assert v["VolumeReadOps"] == 11
+    assert v["VolumeTotalWriteTime"] == pytest.approx(0.040029965)
+    assert v["VolumeTotalReadTime"] == pytest.approx(0.001682314)
+    # Little's law: (40029965 + 1682314) ns busy over 60 s.
+    assert v["VolumeQueueLength"] == pytest.approx((40029965 + 1682314) / 60e9)
+
+
+def test_blockstats_rejects_bad_counters() -> None:
+    reply = [{"device": "a", "stats": {"rd_bytes": -1, "wr_bytes": 0, "rd_operations": 0,
+                                       "wr_operations": 0, "rd_total_time_ns": 0, "wr_total_time_ns": 0}},
+             {"device": "b", "stats": {"rd_bytes": True}}]
+    assert parse_blockstats(reply) == {}
+    with pytest.raises(ValueError):
+        parse_blockstats({"not": "a list"})
+
+
+def test_fsinfo_recorded_matches_guest_df() -> None:
+    [fs] = parse_fsinfo(recorded("qga-guest-get-fsinfo"))
+    assert (fs.mountpoint, fs.device, fs.fstype) == ("/mnt/data", "vda", "ext4")
+    values = disk_values(fs)
+    # The guest's `df -B1 /mnt/data` printed: used 5257216, available 47428608, Use% 10%.
+    assert values["disk_used"] == 5257216
+    assert values["disk_free"] == 47428608
+    assert values["disk_total"] == 5257216 + 47428608
+    assert values["disk_used_percent"] == pytest.approx(100 * 5257216 / (5257216 + 47428608))
+    assert round(values["disk_used_percent"] + 0.5) == 10  # df rounds up
+
+
+def test_fsinfo_privileged_total_gives_telegraf_semantics() -> None:
+    fs = FsRecord("/", "vda1", "ext4", used=400, total=900, total_privileged=1000)
+    v = disk_values(fs)
+    assert v["disk_total"] == 1000 and v["disk_free"] == 600
+    assert v["disk_used_percent"] == pytest.approx(400 / 900 * 100)
+
+
+def test_fsinfo_skips_inconsistent_entries() -> None:
+    reply = [
+        {"mountpoint": "/a", "name": "vda", "type": "ext4", "used-bytes": 10, "total-bytes": 5},
+        {"mountpoint": "/b", "name": "vdb", "type": "ext4", "used-bytes": -1, "total-bytes": 5},
+        {"mountpoint": "/c", "name": "vdc", "type": "ext4"},
+        {"mountpoint": "/d\x07", "name": "vdd", "type": "xfs", "used-bytes": 1, "total-bytes": 2},
+    ]
+    [fs] = parse_fsinfo(reply)
+    assert fs.mountpoint == "/d"  # control character removed
+
+
+def test_proc_stat_from_tree_and_tricky_comm() -> None:
+    assert parse_proc_stat(read_proc_stat(PROC, 4242)) == 1234 + 567
+    line = b"77 (CPU 0/KVM) (x)) R 1 2 3 4 5 6 7 8 9 10 111 222 0 0 20 0\n"
+    assert parse_proc_stat(line) == 333
+
+
+def test_cpu_utilization() -> None:
+    prev = ProcCpuSample(pid=1, cpu_ticks=1000, mono_s=100.0)
+    cur = ProcCpuSample(pid=1, cpu_ticks=1000 + 300, mono_s=110.0)
+    # 3 CPU-seconds in 10 s over 2 vCPUs = 15 %.
+    assert cpu_utilization(prev, cur, vcpus=2, clk_tck=100) == pytest.approx(15.0)
+    busy = ProcCpuSample(pid=1, cpu_ticks=1000 + 5000, mono_s=110.0)
+    assert cpu_utilization(prev, busy, vcpus=2, clk_tck=100) == 100.0  # capped
+    restarted = ProcCpuSample(pid=2, cpu_ticks=1300, mono_s=110.0)
+    assert cpu_utilization(prev, restarted, vcpus=2, clk_tck=100) is None
+    backwards = ProcCpuSample(pid=1, cpu_ticks=10, mono_s=110.0)
+    assert cpu_utilization(prev, backwards, vcpus=2, clk_tck=100) is None
+
+
+def test_net_dev_and_tun_discovery_from_tree() -> None:
+    counters = parse_net_dev(read_net_dev(PROC, 4242))
+    assert counters["tap0123456789ab"] == {
+        "rx_bytes": 123456, "rx_packets": 789, "tx_bytes": 654321, "tx_packets": 987,
+    }
+    assert counters["lo"]["rx_bytes"] == counters["lo"]["tx_bytes"]
+    assert read_tun_ifaces(PROC, 4242) == ["tap0123456789ab"]
+
+
+def test_network_totals_are_reversed_and_summed() -> None:
+    prev = TapSample(1, 0.0, {"tapa": {"rx_bytes": 100, "rx_packets": 1, "tx_bytes": 1000, "tx_packets": 10},
+                              "tapb": {"rx_bytes": 0, "rx_packets": 0, "tx_bytes": 0, "tx_packets": 0}})
+    cur = TapSample(1, 60.0, {"tapa": {"rx_bytes": 150, "rx_packets": 2, "tx_bytes": 1500, "tx_packets": 15},
+                              "tapb": {"rx_bytes": 7, "rx_packets": 1, "tx_bytes": 3, "tx_packets": 1},
+                              "tapnew": {"rx_bytes": 999, "rx_packets": 9, "tx_bytes": 999, "tx_packets": 9}})
+    assert network_totals(prev, cur) == {
+        "NetworkIn": 500 + 3, "NetworkOut": 50 + 7, "NetworkPacketsIn": 5 + 1, "NetworkPacketsOut": 1 + 1,
+    }
+    assert network_totals(prev, TapSample(2, 60.0, cur.taps)) is None  # QEMU restarted
+
+
+@pytest.mark.parametrize(
+    ("sample", "expected"),
+    [
+        (StatusSample(True, "running", True, True), (0, 0)),
+        (StatusSample(False, None, True, False), (1, 0)),
+        (StatusSample(True, "io-error", False, False), (1, 0)),
+        (StatusSample(True, "internal-error", False, False), (1, 0)),
+        (StatusSample(True, "guest-panicked", False, False), (0, 1)),
+        (StatusSample(True, "running", True, False), (0, 1)),
+        (StatusSample(True, "running", False, False), (0, 0)),  # agent never seen: not expected
+        (StatusSample(True, "paused", False, False), (0, 0)),
+    ],
+)
+def test_status_checks(sample: StatusSample, expected: tuple[int, int]) -> None:
+    assert status_checks(sample) == expected
+
+
+def test_guest_agent_port_found_in_recorded_replies() -> None:
+    assert parse_virtserialports(recorded("qmp-qom-list-peripheral")) == ["qgaport0"]
+    assert recorded("qmp-qom-get-qgaport0-name") == "org.qemu.guest_agent.0"
+    chardevs = parse_query_chardev(recorded("qmp-query-chardev"))
+    qga = chardevs[recorded("qmp-qom-get-qgaport0-chardev")]
+    assert qga.socket_path == "/tmp/vmt/qga.sock" and qga.frontend_open
+    assert parse_chardev_filename("file") is None
+
+
+def test_guest_info_recorded() -> None:
+    info = parse_guest_info(recorded("qga-guest-info"))
+    assert info.version == "7.2.22"
+    assert {"guest-get-fsinfo", "guest-get-diskstats", "guest-get-cpustats"} <= info.enabled_commands
+
+
+def test_blocksample_is_frozen_record() -> None:
+    s = BlockSample(1, 0.0, {})
+    with pytest.raises(AttributeError):
+        s.pid = 2  # type: ignore[misc]
