@@ -1,0 +1,146 @@
+"""Real guest VM -> hiveagent daemon -> moto's CloudWatch server -> GetMetricData.
+
+The guest is the project's test image under QEMU (KVM when it boots here, else TCG). Known
+workloads run inside it through its guest agent; the values read back from the endpoint must
+match them exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from conftest import REPO
+
+from hiveagent.catalog import CATALOG
+from hiveagent.publisher import make_client
+from tests.harness import guest_exec
+
+pytestmark = pytest.mark.vm
+
+SCRATCH_WRITE = "dd if=/dev/zero of=/dev/vdb bs=4096 count=256 oflag=direct 2>/dev/null"
+ROOT = os.geteuid() == 0
+
+
+@pytest.fixture(scope="module")
+def run_result(harness: Any, moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    vm = harness.launch_vm(1, boot_guest=True, tap=ROOT)
+    harness.wait_guest_agent(vm)
+    rc, out = asyncio.run(guest_exec(vm.qga_socket,
+        "dd if=/dev/zero of=/mnt/data/known bs=1M count=3 2>/dev/null && sync && df -B1 /mnt/data | tail -1"))
+    assert rc == 0, out
+    _fs, _blocks, used, avail, *_ = out.split()
+    cfg_path = tmp_path_factory.mktemp("e2e") / "agent.json"
+    cfg = json.loads((REPO / "agent.json").read_text())
+    cfg["agent"]["metrics_collection_interval"] = 2
+    cfg["metrics"]["force_flush_interval"] = 2
+    cfg["metrics"]["endpoint_override"] = moto_url
+    cfg["hypervisor"]["discovery"]["spinifex"]["run_dir"] = str(harness.run_dir)
+    cfg_path.write_text(json.dumps(cfg))
+    t0 = time.time()
+    agent = subprocess.Popen([sys.executable, "-m", "hiveagent", "run", "-c", str(cfg_path), "--cycles", "8"],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(5)  # at least two cycles: counters primed
+    rc, out = asyncio.run(guest_exec(vm.qga_socket, SCRATCH_WRITE + (
+        " && arping -c 3 -w 5 -I eth0 169.254.77.77 >/dev/null 2>&1; true" if vm.taps else "")))
+    assert rc == 0, out
+    log, _ = agent.communicate(timeout=120)
+    assert agent.returncode == 0, log
+    return {"vm": vm, "t0": t0, "t1": time.time(), "used": int(used), "avail": int(avail),
+            "client": make_client("us-east-1", moto_url), "log": log}
+
+
+def fetch(r: dict[str, Any], namespace: str, name: str, dims: dict[str, str], unit: str, stat: str = "Sum") -> list[tuple[datetime, float]]:
+    reply = r["client"].get_metric_data(
+        MetricDataQueries=[{"Id": "q", "MetricStat": {
+            "Metric": {"Namespace": namespace, "MetricName": name,
+                       "Dimensions": [{"Name": k, "Value": v} for k, v in dims.items()]},
+            "Period": 60, "Stat": stat, "Unit": unit}}],
+        StartTime=datetime.now(UTC) - timedelta(minutes=30), EndTime=datetime.now(UTC) + timedelta(minutes=5))
+    [result] = reply["MetricDataResults"]
+    return list(zip(result["Timestamps"], result["Values"], strict=True))
+
+
+def total(points: list[tuple[datetime, float]]) -> float:
+    return sum(v for _, v in points)
+
+
+def test_volume_write_matches_known_workload(run_result: dict[str, Any]) -> None:
+    vm = run_result["vm"]
+    scratch = {"VolumeId": vm.volumes[1].volume_id}
+    assert total(fetch(run_result, "Hive/EBS", "VolumeWriteBytes", scratch, "Bytes")) == 1024 * 1024
+    assert total(fetch(run_result, "Hive/EBS", "VolumeWriteOps", scratch, "Count")) == 256
+    assert total(fetch(run_result, "Hive/EBS", "VolumeTotalWriteTime", scratch, "Seconds")) > 0
+    queue = fetch(run_result, "Hive/EBS", "VolumeQueueLength", scratch, "Count", "Maximum")
+    assert queue and 0 < max(v for _, v in queue) < 64
+
+
+def test_instance_disk_sums_equal_volume_sums(run_result: dict[str, Any]) -> None:
+    vm = run_result["vm"]
+    inst = {"InstanceId": vm.instance_id}
+    disk = total(fetch(run_result, "Hive/EC2", "DiskWriteBytes", inst, "Bytes"))
+    volumes = sum(total(fetch(run_result, "Hive/EBS", "VolumeWriteBytes", {"VolumeId": v.volume_id}, "Bytes"))
+                  for v in vm.volumes)
+    assert disk == volumes >= 1024 * 1024
+    assert total(fetch(run_result, "Hive/EC2", "DiskWriteOps", inst, "Count")) >= 256
+
+
+def test_guest_filesystem_matches_guest_df(run_result: dict[str, Any]) -> None:
+    vm = run_result["vm"]
+    dims = {"InstanceId": vm.instance_id, "device": "vda", "fstype": "ext4", "path": "/mnt/data"}
+    used = fetch(run_result, "CWAgent", "disk_used", dims, "Bytes", "Maximum")
+    free = fetch(run_result, "CWAgent", "disk_free", dims, "Bytes", "Minimum")
+    pct = fetch(run_result, "CWAgent", "disk_used_percent", dims, "Percent", "Maximum")
+    assert max(v for _, v in used) == run_result["used"]
+    assert run_result["used"] >= 3 * 1024 * 1024  # the 3 MiB file is in it
+    assert min(v for _, v in free) == run_result["avail"]
+    expected = 100 * run_result["used"] / (run_result["used"] + run_result["avail"])
+    assert max(v for _, v in pct) == pytest.approx(expected)
+
+
+def test_status_cpu_and_timestamps(run_result: dict[str, Any]) -> None:
+    vm = run_result["vm"]
+    inst = {"InstanceId": vm.instance_id}
+    system = fetch(run_result, "Hive/EC2", "StatusCheckFailed_System", inst, "Count", "Maximum")
+    assert system and max(v for _, v in system) == 0
+    samples = fetch(run_result, "Hive/EC2", "StatusCheckFailed", inst, "Count", "SampleCount")
+    assert total(samples) == 8  # one per cycle
+    cpu = fetch(run_result, "Hive/EC2", "CPUUtilization", inst, "Percent", "Average")
+    assert cpu and all(0 < v <= 100 for _, v in cpu)
+    lo = datetime.fromtimestamp(run_result["t0"], UTC) - timedelta(seconds=60)
+    hi = datetime.fromtimestamp(run_result["t1"], UTC)
+    for ts, _ in cpu + samples:
+        assert lo <= ts <= hi
+
+
+@pytest.mark.skipif(not ROOT, reason="tap devices need root")
+def test_network_from_tap(run_result: dict[str, Any]) -> None:
+    vm = run_result["vm"]
+    inst = {"InstanceId": vm.instance_id}
+    assert total(fetch(run_result, "Hive/EC2", "NetworkPacketsOut", inst, "Count")) >= 3  # 3 ARP requests
+    assert total(fetch(run_result, "Hive/EC2", "NetworkOut", inst, "Bytes")) >= 3 * 42
+    assert total(fetch(run_result, "Hive/EC2", "NetworkIn", inst, "Bytes")) == 0  # isolated link
+
+
+@pytest.mark.skipif(not ROOT, reason="every catalog row needs a tap")
+def test_catalog_both_ways(run_result: dict[str, Any]) -> None:
+    """Every metric that landed is in the catalog (with its unit checked above by the Unit
+    filter), and every catalog row landed for this VM."""
+    client = run_result["client"]
+    landed = set()
+    for page in client.get_paginator("list_metrics").paginate():
+        for m in page["Metrics"]:
+            dims = {d["Name"]: d["Value"] for d in m["Dimensions"]}
+            spec = CATALOG[m["MetricName"]]
+            assert set(dims) == set(spec.dimensions)
+            if dims.get("InstanceId") == run_result["vm"].instance_id or \
+               dims.get("VolumeId") in {v.volume_id for v in run_result["vm"].volumes}:
+                landed.add(m["MetricName"])
+    assert landed == set(CATALOG)

@@ -1,0 +1,144 @@
+"""QMP access and the agent's per-VM cycle against real guest-less qemu-system-x86_64 processes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from hiveagent.agent import Agent
+from hiveagent.config import parse_config
+from hiveagent.qmp import QmpError, QmpSession, QmpTimeout, find_guest_agent_chardev
+
+
+@pytest.fixture(scope="module")
+def bare_vm(harness: Any) -> Any:
+    return harness.launch_vm(50, boot_guest=False, sidecar=False, volumes=((8, False),))
+
+
+def agent_for(harness: Any, **hyper: Any) -> Agent:
+    cfg = {"agent": {"metrics_collection_interval": 5},
+           "metrics": {"metrics_collected": {"disk": {}}},
+           "hypervisor": {"discovery": {"spinifex": {"run_dir": str(harness.run_dir)}},
+                          "qmp": {"timeout_seconds": 2}, "qga": {"timeout_seconds": 1}, **hyper}}
+    return Agent(parse_config(cfg))
+
+
+def test_pid_from_so_peercred_and_guest_agent_port(bare_vm: Any) -> None:
+    async def go() -> tuple[int | None, Any, Any]:
+        s = QmpSession(str(bare_vm.qmp_socket), timeout=3)
+        await s.connect()
+        try:
+            return s.pid, await find_guest_agent_chardev(s), await s.execute("query-chardev")
+        finally:
+            await s.close()
+
+    pid, chardev, chardevs = asyncio.run(go())
+    assert pid == bare_vm.pid
+    assert chardev == "qga0"
+    [qga] = [c for c in chardevs if c["label"] == "qga0"]
+    assert qga["frontend-open"] is False  # no guest OS, so no qemu-ga
+
+
+def test_second_client_times_out_within_deadline(bare_vm: Any) -> None:
+    """A QMP socket serves one client: the second gets no greeting and must not hang."""
+    async def go() -> float:
+        first = QmpSession(str(bare_vm.qmp_socket), timeout=3)
+        await first.connect()
+        try:
+            second = QmpSession(str(bare_vm.qmp_socket), timeout=0.5)
+            loop = asyncio.get_running_loop()
+            t = loop.time()
+            with pytest.raises(QmpTimeout):
+                await second.connect()
+            return loop.time() - t
+        finally:
+            await first.close()
+    assert asyncio.run(go()) < 1.5
+
+
+def test_missing_socket_is_a_clear_error(tmp_path: Any) -> None:
+    async def go() -> None:
+        await QmpSession(str(tmp_path / "nope.sock"), timeout=1).connect()
+    with pytest.raises(QmpError, match="cannot connect"):
+        asyncio.run(go())
+
+
+def test_cycle_on_guestless_vm_and_after_kill(harness: Any) -> None:
+    """Status checks pass on a healthy guest-less VM; the guest agent is 'not running'; after
+    QEMU is killed the system check fails and nothing else is emitted for it."""
+    vm = harness.launch_vm(51, boot_guest=False, volumes=((8, False),))
+    agent = agent_for(harness)
+
+    async def cycles() -> tuple[list[Any], list[Any], list[Any]]:
+        try:
+            first = await agent.cycle()
+            await asyncio.sleep(1.0)
+            second = await agent.cycle()
+            vm.process.kill()
+            vm.process.wait()
+            third = await agent.cycle()
+            return first, second, third
+        finally:
+            await agent.close()
+
+    first, second, third = asyncio.run(cycles())
+    mine = lambda ds: {d.name: d for d in ds if dict(d.dimensions).get("InstanceId") == vm.instance_id}  # noqa: E731
+    assert agent.vms[vm.instance_id].qga_state == "not running in guest"
+    assert set(mine(first)) == {"StatusCheckFailed", "StatusCheckFailed_System", "StatusCheckFailed_Instance"}
+    two = mine(second)
+    assert two["StatusCheckFailed"].value == 0 and two["StatusCheckFailed_System"].value == 0
+    assert 0 <= two["CPUUtilization"].value <= 100
+    assert two["DiskWriteOps"].value == 0 and two["DiskWriteOps"].unit == "Count"
+    vol = [d for d in second if d.dimensions == (("VolumeId", vm.volumes[0].volume_id),)]
+    assert {d.name for d in vol} >= {"VolumeReadOps", "VolumeWriteBytes", "VolumeQueueLength"}
+    three = mine(third)
+    assert three["StatusCheckFailed_System"].value == 1 and three["StatusCheckFailed"].value == 1
+    assert set(three) == {"StatusCheckFailed", "StatusCheckFailed_System", "StatusCheckFailed_Instance"}
+
+
+def test_restarted_qemu_primes_again_no_spike(harness: Any) -> None:
+    """A new QEMU process behind the same socket (new pid, counters from zero) re-primes."""
+    vm = harness.launch_vm(52, boot_guest=False, volumes=((8, False),))
+    agent = agent_for(harness)
+
+    async def go() -> list[Any]:
+        try:
+            await agent.cycle()
+            vm.process.kill()
+            vm.process.wait()
+            vm.qmp_socket.unlink()
+            harness.launch_vm(52, boot_guest=False, volumes=((8, False),))
+            return await agent.cycle()
+        finally:
+            await agent.close()
+
+    after = asyncio.run(go())
+    names = {d.name for d in after if dict(d.dimensions).get("InstanceId") == vm.instance_id}
+    assert "CPUUtilization" not in names and "DiskReadOps" not in names  # primed, not a delta
+    assert "StatusCheckFailed" in names
+
+
+def test_vm_socket_held_by_another_client_does_not_delay_others(harness: Any) -> None:
+    vm_a = harness.launch_vm(53, boot_guest=False, volumes=((8, False),))
+    vm_b = harness.launch_vm(54, boot_guest=False, volumes=((8, False),))
+    agent = agent_for(harness, qmp={"timeout_seconds": 1.0})
+    hog = socket.socket(socket.AF_UNIX)
+    hog.connect(str(vm_a.qmp_socket))  # holds A's only QMP slot
+
+    async def go() -> list[Any]:
+        try:
+            return await agent.cycle()
+        finally:
+            await agent.close()
+
+    try:
+        datums = asyncio.run(go())
+    finally:
+        hog.close()
+    by_vm = {(dict(d.dimensions).get("InstanceId"), d.name): d.value for d in datums}
+    assert by_vm[(vm_a.instance_id, "StatusCheckFailed_System")] == 1
+    assert by_vm[(vm_b.instance_id, "StatusCheckFailed_System")] == 0
+    assert agent.last_cycle_s < 3.0
