@@ -36,7 +36,8 @@ class BlockSample:
 
 
 def device_name(entry: dict[str, Any]) -> str | None:
-    """`device` when set, else the `-device id` from qdev `/machine/peripheral/<id>/virtio-backend`."""
+    """`device` when set, else the `-device id` taken from the qdev path
+    `/machine/peripheral/<id>/virtio-backend`."""
     device = entry.get("device")
     if isinstance(device, str) and device:
         return device

@@ -93,7 +93,9 @@ class GuestDisk(Collector[list[FsRecord]]):
         plugin = ctx.config.disk
         assert plugin is not None
         for fs in cur:
-            if fs.fstype in plugin.ignore_file_system_types or not plugin.wants_mount(fs.mountpoint):
+            if fs.fstype in plugin.ignore_file_system_types or not plugin.wants_mount(
+                fs.mountpoint
+            ):
                 continue
             dims = {"InstanceId": ctx.spec.instance_id, "path": fs.mountpoint, "fstype": fs.fstype}
             if not plugin.drop_device:

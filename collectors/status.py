@@ -28,8 +28,7 @@ def status_checks(s: StatusSample) -> tuple[int, int]:
     """(system_failed, instance_failed), each 0 or 1."""
     system = int(not s.qmp_ok or s.run_status in SYSTEM_FAILED_STATES)
     instance = int(
-        s.qmp_ok
-        and (s.run_status in INSTANCE_FAILED_STATES or (s.qga_expected and not s.qga_ok))
+        s.qmp_ok and (s.run_status in INSTANCE_FAILED_STATES or (s.qga_expected and not s.qga_ok))
     )
     return system, instance
 

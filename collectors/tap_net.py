@@ -53,7 +53,7 @@ def parse_net_dev(data: bytes) -> dict[str, dict[str, int]]:
 
 def read_tun_ifaces(proc_root: str, pid: int) -> list[str]:
     """Names of the tun/tap devices the process holds open (fdinfo `iff:` lines)."""
-    names = []
+    names: list[str] = []
     fdinfo = f"{proc_root}/{pid}/fdinfo"
     try:
         fds = os.listdir(fdinfo)
@@ -104,9 +104,7 @@ class TapNet(Collector[TapSample]):
             ctx.cache["taps"] = cached
             taps = cached[1]
         counters = parse_net_dev(read_net_dev(ctx.config.proc_root, ctx.pid)) if taps else {}
-        return TapSample(
-            ctx.pid, time.monotonic(), {t: counters[t] for t in taps if t in counters}
-        )
+        return TapSample(ctx.pid, time.monotonic(), {t: counters[t] for t in taps if t in counters})
 
     def emit(self, prev: TapSample | None, cur: TapSample, ctx: VmContext, out: Emitter) -> None:
         if prev is None:

@@ -74,7 +74,7 @@ class Agent:
         for rt in self.vms.values():
             await rt.qmp.close()
 
-    def rediscover(self) -> None:
+    async def rediscover(self) -> None:
         specs, problems = self.discovery.scan()
         for p in problems:
             if p not in self.discovery_problems:
@@ -86,7 +86,7 @@ class Agent:
             rt = self.vms.get(spec.instance_id)
             if rt is None or rt.spec.qmp_socket != spec.qmp_socket:
                 if rt is not None:
-                    asyncio.ensure_future(rt.qmp.close())
+                    await rt.qmp.close()
                 rt = VmRuntime(spec, QmpSession(spec.qmp_socket, timeout=self.config.qmp_timeout_s))
                 self.vms[spec.instance_id] = rt
                 log.info("vm %s: found (%s)", spec.instance_id, spec.origin)
@@ -94,12 +94,12 @@ class Agent:
                 rt.spec = spec  # sidecar rewritten (e.g. NIC hot-plug)
         for gone in set(self.vms) - seen:
             log.info("vm %s: gone", gone)
-            asyncio.ensure_future(self.vms.pop(gone).qmp.close())
+            await self.vms.pop(gone).qmp.close()
 
     async def cycle(self) -> list[Datum]:
         """One collection over every VM, at most max_concurrent_vms at a time."""
         start = time.monotonic()
-        self.rediscover()
+        await self.rediscover()
         limit = asyncio.Semaphore(self.config.max_concurrent_vms)
 
         async def bounded(rt: VmRuntime) -> list[Datum]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from hiveagent import __version__
 from hiveagent.agent import Agent
@@ -54,11 +56,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     print(f"{config.source}: OK")
     print(f"  interval {config.interval_s} s, flush every {config.force_flush_interval_s} s")
-    print(f"  namespaces: EC2 {config.ec2_namespace}, EBS {config.ebs_namespace}, "
-          f"guest {config.guest_namespace}")
+    print(
+        f"  namespaces: EC2 {config.ec2_namespace}, EBS {config.ebs_namespace}, "
+        f"guest {config.guest_namespace}"
+    )
     print(f"  endpoint: {config.endpoint_override or 'the region default'}")
-    print(f"  discovery: spinifex {config.spinifex_run_dir or 'off'}, "
-          f"generic patterns {len(config.generic)}")
+    print(
+        f"  discovery: spinifex {config.spinifex_run_dir or 'off'}, "
+        f"generic patterns {len(config.generic)}"
+    )
     return 0
 
 
@@ -66,17 +72,23 @@ async def _list_vms(config: Config, as_json: bool) -> int:
     agent = Agent(config)
     try:
         await agent.cycle()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for rt in agent.vms.values():
             info = rt.guest_info
-            rows.append({
-                "instance_id": rt.spec.instance_id,
-                "qmp_socket": rt.spec.qmp_socket,
-                "qmp": f"ok (pid {rt.pid}, {rt.run_status})" if rt.qmp.connected else f"down: {rt.last_error}",
-                "qga": rt.qga_state,
-                "qga_commands": [c for c in METRIC_COMMANDS if info and c in info.enabled_commands],
-                "vcpus": rt.vcpus,
-            })
+            rows.append(
+                {
+                    "instance_id": rt.spec.instance_id,
+                    "qmp_socket": rt.spec.qmp_socket,
+                    "qmp": f"ok (pid {rt.pid}, {rt.run_status})"
+                    if rt.qmp.connected
+                    else f"down: {rt.last_error}",
+                    "qga": rt.qga_state,
+                    "qga_commands": [
+                        c for c in METRIC_COMMANDS if info and c in info.enabled_commands
+                    ],
+                    "vcpus": rt.vcpus,
+                }
+            )
     finally:
         await agent.close()
     if as_json:
@@ -125,8 +137,12 @@ async def _run(config: Config, max_cycles: int | None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("hiveagent %s running: interval %d s, endpoint %s", __version__,
-             config.interval_s, config.endpoint_override or "region default")
+    log.info(
+        "hiveagent %s running: interval %d s, endpoint %s",
+        __version__,
+        config.interval_s,
+        config.endpoint_override or "region default",
+    )
     next_tick = time.monotonic()
     last_flush = time.monotonic()
     cycles = 0
@@ -135,8 +151,13 @@ async def _run(config: Config, max_cycles: int | None) -> int:
             datums = await agent.cycle()
             publisher.add(datums)
             cycles += 1
-            log.debug("cycle %d: %d VMs, %d datums, %.3f s", cycles, len(agent.vms),
-                      len(datums), agent.last_cycle_s)
+            log.debug(
+                "cycle %d: %d VMs, %d datums, %.3f s",
+                cycles,
+                len(agent.vms),
+                len(datums),
+                agent.last_cycle_s,
+            )
             done = max_cycles is not None and cycles >= max_cycles
             if done or time.monotonic() - last_flush >= config.force_flush_interval_s:
                 await publisher.flush()
@@ -147,21 +168,20 @@ async def _run(config: Config, max_cycles: int | None) -> int:
             now = time.monotonic()
             if next_tick < now:  # a slow cycle: skip the ticks it overran
                 next_tick = now + config.interval_s - (now - next_tick) % config.interval_s
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), next_tick - now)
-            except TimeoutError:
-                pass
     finally:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(publisher.flush(), SHUTDOWN_FLUSH_S)
-        except TimeoutError:
-            pass
         if publisher.queue:
             publisher.drop(len(publisher.queue), "shutdown", "endpoint not reachable at shutdown")
         await agent.close()
-        log.info("stopped after %d cycle(s); sent %d datum(s); %s", cycles,
-                 publisher.stats["datums_sent"],
-                 ", ".join(f"{k}={v}" for k, v in sorted(publisher.stats.items())))
+        log.info(
+            "stopped after %d cycle(s); sent %d datum(s); %s",
+            cycles,
+            publisher.stats["datums_sent"],
+            ", ".join(f"{k}={v}" for k, v in sorted(publisher.stats.items())),
+        )
     return 0
 
 
@@ -211,4 +231,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return asyncio.run(_run(config, args.cycles))
     raise AssertionError(args.command)
-

@@ -117,7 +117,9 @@ def _describe(error: ValidationError) -> str:
 
 
 def _first_errors(data: Any) -> list[str]:
-    errors = sorted(_VALIDATOR.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    errors = sorted(
+        _VALIDATOR.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator)
+    )
     return [_describe(e) for e in errors]
 
 
@@ -160,7 +162,9 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
         try:
             pattern = re.compile(g["instance_id_regex"])
         except re.error as exc:
-            raise ConfigError(f"{source}: {where}.instance_id_regex: not a valid regex: {exc}") from None
+            raise ConfigError(
+                f"{source}: {where}.instance_id_regex: not a valid regex: {exc}"
+            ) from None
         if "instance_id" not in pattern.groupindex:
             raise ConfigError(
                 f"{source}: {where}.instance_id_regex: needs a named group (?P<instance_id>...)"
@@ -218,5 +222,7 @@ def load_config(path: str | Path) -> Config:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{p}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise ConfigError(
+            f"{p}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     return parse_config(data, source=str(p))

@@ -26,8 +26,15 @@ MAX_REQUEST_BYTES = 1_000_000
 REQUEST_OVERHEAD_BYTES = 2_000
 MAX_QUEUED_DATUMS = 200_000
 RETRYABLE_CODES = frozenset(
-    {"Throttling", "ThrottlingException", "InternalServiceError", "InternalFailure",
-     "ServiceUnavailable", "RequestTimeout", "RequestTimeoutException"}
+    {
+        "Throttling",
+        "ThrottlingException",
+        "InternalServiceError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
 )
 
 
@@ -134,7 +141,9 @@ class Publisher:
             code = exc.response.get("Error", {}).get("Code", "")
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if code in RETRYABLE_CODES or status >= 500:
-                log.warning("PutMetricData: %s (%s); %d datum(s) kept for retry", code, status, len(batch))
+                log.warning(
+                    "PutMetricData: %s (%s); %d datum(s) kept for retry", code, status, len(batch)
+                )
                 return "retry"
             self.drop(len(batch), f"rejected.{code or status}", str(exc))
             return "dropped"

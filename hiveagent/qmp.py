@@ -4,6 +4,7 @@ SO_PEERCRED, and the pure parsers that find the guest agent's socket through QMP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ class QmpSession:
             async with asyncio.timeout(self.timeout):
                 return await self._client.execute(command, arguments)
         except ExecuteError as exc:
-            raise QmpCommandError(command, exc.error_class, exc.error.desc) from exc
+            raise QmpCommandError(command, exc.error_class, exc.error.error.desc) from exc
         except TimeoutError as exc:
             await self.close()
             raise QmpTimeout(f"{command}: no reply within {self.timeout:g} s") from exc
@@ -94,10 +95,8 @@ class QmpSession:
 
 
 async def _quiet_disconnect(client: QMPClient) -> None:
-    try:
+    with contextlib.suppress(QMPError, OSError, EOFError, TimeoutError):
         await asyncio.wait_for(client.disconnect(), 1.0)
-    except (QMPError, OSError, EOFError, TimeoutError):
-        pass
 
 
 # -- finding the guest agent through QMP (pure parsers) ------------------------------------

@@ -22,6 +22,7 @@ deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import json
@@ -153,10 +154,8 @@ class QgaClient:
         writer, self._writer, self._reader = self._writer, None, None
         if writer is not None:
             writer.close()
-            try:
+            with contextlib.suppress(OSError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
-            except (OSError, TimeoutError):
-                pass
 
     async def __aenter__(self) -> QgaClient:
         await self.connect()
@@ -217,9 +216,11 @@ class QgaClient:
     async def _sync(self) -> None:
         """0xFF + guest-sync-delimited; on failure the client is CLOSED."""
         sync_id = random.randrange(1, 1 << 31)
-        request = b"\xff" + json.dumps(
-            {"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}
-        ).encode() + b"\n"
+        request = (
+            b"\xff"
+            + json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}).encode()
+            + b"\n"
+        )
         try:
             async with asyncio.timeout(self.timeout):
                 await self._send(request)
@@ -231,7 +232,9 @@ class QgaClient:
                     self.stale_replies += 1
         except TimeoutError as exc:
             await self.close()
-            raise QgaTimeout(f"{self.path}: guest-sync-delimited: no reply within {self.timeout:g} s") from exc
+            raise QgaTimeout(
+                f"{self.path}: guest-sync-delimited: no reply within {self.timeout:g} s"
+            ) from exc
         except QgaError:
             await self.close()
             raise

@@ -42,8 +42,10 @@ def main() -> int:
         print(f"demo: moto CloudWatch server at {url}")
         tap = os.geteuid() == 0
         vms = [h.launch_vm(n, boot_guest=True, tap=tap) for n in (1, 2)]
-        print(f"demo: booting {len(vms)} VMs ({vms[0].accel.upper()}): "
-              + ", ".join(v.instance_id for v in vms))
+        print(
+            f"demo: booting {len(vms)} VMs ({vms[0].accel.upper()}): "
+            + ", ".join(v.instance_id for v in vms)
+        )
         t = time.monotonic()
         for vm in vms:
             h.wait_guest_agent(vm)
@@ -58,16 +60,35 @@ def main() -> int:
         cfg_path.write_text(json.dumps(cfg, indent=2))
         print(f"demo: running hiveagent for {CYCLES} cycles of {INTERVAL_S} s")
         agent = subprocess.Popen(
-            [sys.executable, "-m", "hiveagent", "run", "-c", str(cfg_path), "--cycles", str(CYCLES)],
-            cwd=REPO, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "hiveagent",
+                "run",
+                "-c",
+                str(cfg_path),
+                "--cycles",
+                str(CYCLES),
+            ],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         proc = psutil.Process(agent.pid)
         time.sleep(INTERVAL_S * 1.5)
         # Workloads: VM 1 writes 4 MiB to its scratch volume, VM 2 a 8 MiB file to its data disk.
-        asyncio.run(guest_exec(vms[0].qga_socket,
-                               "dd if=/dev/zero of=/dev/vdb bs=65536 count=64 oflag=direct 2>/dev/null"))
-        asyncio.run(guest_exec(vms[1].qga_socket,
-                               "dd if=/dev/zero of=/mnt/data/demo bs=1M count=8 2>/dev/null; sync"))
+        asyncio.run(
+            guest_exec(
+                vms[0].qga_socket,
+                "dd if=/dev/zero of=/dev/vdb bs=65536 count=64 oflag=direct 2>/dev/null",
+            )
+        )
+        asyncio.run(
+            guest_exec(
+                vms[1].qga_socket,
+                "dd if=/dev/zero of=/mnt/data/demo bs=1M count=8 2>/dev/null; sync",
+            )
+        )
         peak_rss = 0
         cpu = None
         while agent.poll() is None:
@@ -90,29 +111,60 @@ def report(url: str, vms: list, peak_rss: int, cpu: object) -> int:  # type: ign
     unique = {}  # moto's ListMetrics repeats series that have several dimensions
     for page in client.get_paginator("list_metrics").paginate():
         for m in page["Metrics"]:
-            key = (m["Namespace"], m["MetricName"], tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"])))
+            key = (
+                m["Namespace"],
+                m["MetricName"],
+                tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"])),
+            )
             unique[key] = m
     metrics = list(unique.values())
     queries = []
-    for i, m in enumerate(sorted(metrics, key=lambda m: (m["Namespace"], str(m["Dimensions"]), m["MetricName"]))):
+    for i, m in enumerate(
+        sorted(metrics, key=lambda m: (m["Namespace"], str(m["Dimensions"]), m["MetricName"]))
+    ):
         spec = CATALOG[m["MetricName"]]
-        stat = "Sum" if spec.unit in ("Bytes", "Count", "Seconds") and "Queue" not in spec.name \
-            and not spec.name.startswith(("StatusCheck", "disk_")) else "Maximum"
-        queries.append((m, stat, {"Id": f"m{i}", "MetricStat": {
-            "Metric": m, "Period": 300, "Stat": stat, "Unit": spec.unit}}))
+        stat = (
+            "Sum"
+            if spec.unit in ("Bytes", "Count", "Seconds")
+            and "Queue" not in spec.name
+            and not spec.name.startswith(("StatusCheck", "disk_"))
+            else "Maximum"
+        )
+        queries.append(
+            (
+                m,
+                stat,
+                {
+                    "Id": f"m{i}",
+                    "MetricStat": {"Metric": m, "Period": 300, "Stat": stat, "Unit": spec.unit},
+                },
+            )
+        )
     rows = []
     end = datetime.now(UTC) + timedelta(minutes=1)
     for start in range(0, len(queries), 500):
-        chunk = queries[start:start + 500]
-        reply = client.get_metric_data(MetricDataQueries=[q for _, _, q in chunk],
-                                       StartTime=end - timedelta(hours=1), EndTime=end)
+        chunk = queries[start : start + 500]
+        reply = client.get_metric_data(
+            MetricDataQueries=[q for _, _, q in chunk],
+            StartTime=end - timedelta(hours=1),
+            EndTime=end,
+        )
         by_id = {r["Id"]: r for r in reply["MetricDataResults"]}
         for m, stat, q in chunk:
             values = by_id[q["Id"]]["Values"]
             if values:
                 value = sum(values) if stat == "Sum" else max(values)
                 dims = ",".join(f"{d['Name']}={d['Value']}" for d in m["Dimensions"])
-                rows.append((m["Namespace"], m["MetricName"], stat, value, CATALOG[m["MetricName"]].unit, dims))
+                rows.append(
+                    (
+                        m["Namespace"],
+                        m["MetricName"],
+                        stat,
+                        value,
+                        CATALOG[m["MetricName"]].unit,
+                        dims,
+                    )
+                )
     print()
     print(f"{'namespace':<9} {'metric':<27} {'stat':<7} {'value':>14} {'unit':<8} dimensions")
     for r in rows:
@@ -120,8 +172,10 @@ def report(url: str, vms: list, peak_rss: int, cpu: object) -> int:  # type: ign
     print()
     print(f"demo: {len(rows)} metric series came back from the endpoint for {len(vms)} VMs")
     if cpu is not None:
-        print(f"demo: agent CPU {cpu.user + cpu.system:.2f} s over {CYCLES} cycles "  # type: ignore[attr-defined]
-              f"(incl. start-up), peak RSS {peak_rss / 2**20:.0f} MiB")
+        print(
+            f"demo: agent CPU {cpu.user + cpu.system:.2f} s over {CYCLES} cycles "  # type: ignore[attr-defined]
+            f"(incl. start-up), peak RSS {peak_rss / 2**20:.0f} MiB"
+        )
     if not rows:
         print("demo: FAILED: nothing landed at the endpoint", file=sys.stderr)
         return 1

@@ -25,14 +25,33 @@ REPO = Path(__file__).resolve().parent.parent
 GUEST_DIR = Path(os.environ.get("HIVEAGENT_GUEST_DIR", REPO / ".cache" / "guest"))
 # State-changing guest agent commands: blocked on host qemu-ga (guest-shutdown would power off
 # the host). 7.2 has no --allow-rpcs.
-HOST_QGA_BLOCKED = ",".join([
-    "guest-shutdown", "guest-exec", "guest-exec-status", "guest-file-open", "guest-file-close",
-    "guest-file-read", "guest-file-write", "guest-file-seek", "guest-file-flush",
-    "guest-fsfreeze-freeze", "guest-fsfreeze-freeze-list", "guest-fsfreeze-thaw", "guest-fstrim",
-    "guest-suspend-disk", "guest-suspend-ram", "guest-suspend-hybrid", "guest-set-time",
-    "guest-set-user-password", "guest-set-vcpus", "guest-set-memory-blocks",
-    "guest-ssh-add-authorized-keys", "guest-ssh-remove-authorized-keys", "guest-network-get-route",
-])
+HOST_QGA_BLOCKED = ",".join(
+    [
+        "guest-shutdown",
+        "guest-exec",
+        "guest-exec-status",
+        "guest-file-open",
+        "guest-file-close",
+        "guest-file-read",
+        "guest-file-write",
+        "guest-file-seek",
+        "guest-file-flush",
+        "guest-fsfreeze-freeze",
+        "guest-fsfreeze-freeze-list",
+        "guest-fsfreeze-thaw",
+        "guest-fstrim",
+        "guest-suspend-disk",
+        "guest-suspend-ram",
+        "guest-suspend-hybrid",
+        "guest-set-time",
+        "guest-set-user-password",
+        "guest-set-vcpus",
+        "guest-set-memory-blocks",
+        "guest-ssh-add-authorized-keys",
+        "guest-ssh-remove-authorized-keys",
+        "guest-network-get-route",
+    ]
+)
 
 
 def free_port() -> int:
@@ -114,10 +133,11 @@ class Harness:
 
     def start_moto(self) -> str:
         port = free_port()
-        log = open(self.root / "moto.log", "wb")
+        log = open(self.root / "moto.log", "wb")  # noqa: SIM115 (outlives this call)
         p = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.processes.append(p)
         url = f"http://127.0.0.1:{port}"
@@ -136,9 +156,19 @@ class Harness:
         state = path.parent / (path.name + ".state")
         state.mkdir(exist_ok=True)
         p = subprocess.Popen(
-            ["qemu-ga", "-m", "unix-listen", "-p", str(path), "-t", str(state),
-             "-b", HOST_QGA_BLOCKED],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "qemu-ga",
+                "-m",
+                "unix-listen",
+                "-p",
+                str(path),
+                "-t",
+                str(state),
+                "-b",
+                HOST_QGA_BLOCKED,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.processes.append(p)
         wait_for(path.exists, 10, f"qemu-ga socket {path}")
@@ -173,24 +203,50 @@ class Harness:
             with open(img, "wb") as f:
                 f.truncate(size << 20)
             if ext4:
-                # No lazy init: a background inode-table zeroing would write to the disk during tests.
-                subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
-                                str(img)], check=True)
+                # No lazy init: background inode-table zeroing would write to the disk in tests.
+                subprocess.run(
+                    [
+                        "mkfs.ext4",
+                        "-q",
+                        "-F",
+                        "-E",
+                        "lazy_itable_init=0,lazy_journal_init=0",
+                        str(img),
+                    ],
+                    check=True,
+                )
             vols.append(Volume(vol_id, img, size, ext4))
         accel = self.accel() if boot_guest else "tcg"
         cmd = [
-            "qemu-system-x86_64", "-name", f"{instance_id},debug-threads=on",
-            "-machine", f"q35,accel={accel}",
-            "-cpu", "qemu64" if accel == "kvm" else "max",
-            "-smp", str(vcpus), "-m", str(memory_mb),
-            "-nodefaults", "-display", "none", "-no-user-config",
-            "-qmp", f"unix:{qmp},server=on,wait=off",
-            "-chardev", f"socket,path={qga},server=on,wait=off,id=qga0",
-            "-device", "virtio-serial-pci,id=vser0",
-            "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0,id=qgaport0",
-            "-device", f"virtio-balloon-pci,id=balloon0,guest-stats-polling-interval={balloon_poll_s}",
-            "-device", "virtio-net-pci,netdev=n0",
-            "-serial", f"file:{console}",
+            "qemu-system-x86_64",
+            "-name",
+            f"{instance_id},debug-threads=on",
+            "-machine",
+            f"q35,accel={accel}",
+            "-cpu",
+            "qemu64" if accel == "kvm" else "max",
+            "-smp",
+            str(vcpus),
+            "-m",
+            str(memory_mb),
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-user-config",
+            "-qmp",
+            f"unix:{qmp},server=on,wait=off",
+            "-chardev",
+            f"socket,path={qga},server=on,wait=off,id=qga0",
+            "-device",
+            "virtio-serial-pci,id=vser0",
+            "-device",
+            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0,id=qgaport0",
+            "-device",
+            f"virtio-balloon-pci,id=balloon0,guest-stats-polling-interval={balloon_poll_s}",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+            "-serial",
+            f"file:{console}",
         ]
         # Spinifex names taps "tap" + the ENI id without "eni-", cut to 15 characters.
         eni_id = f"eni-{n:04x}{0xC0FFEE:013x}"
@@ -202,17 +258,23 @@ class Harness:
         for v in vols:
             node = f"nbd-{v.volume_id}"
             cmd += [
-                "-blockdev", f"driver=file,filename={v.image},node-name={node}",
+                "-blockdev",
+                f"driver=file,filename={v.image},node-name={node}",
                 "-device",
-                f"virtio-blk-pci,drive={node},id=vdisk-{v.volume_id},serial={v.volume_id.replace('-', '')}",
+                f"virtio-blk-pci,drive={node},id=vdisk-{v.volume_id},"
+                f"serial={v.volume_id.replace('-', '')}",
             ]
         if boot_guest:
             build_guest_image()
             cmd += [
-                "-kernel", str(GUEST_DIR / "vmlinuz"), "-initrd", str(GUEST_DIR / "initrd.img"),
-                "-append", "console=ttyS0 edd=off panic=-1 quiet",
+                "-kernel",
+                str(GUEST_DIR / "vmlinuz"),
+                "-initrd",
+                str(GUEST_DIR / "initrd.img"),
+                "-append",
+                "console=ttyS0 edd=off panic=-1 quiet",
             ]
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(d / "qemu.err", "wb"))
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(d / "qemu.err", "wb"))  # noqa: SIM115
         self.processes.append(p)
         wait_for(lambda: qmp.exists() or p.poll() is not None, 20, f"QMP socket of {instance_id}")
         if p.poll() is not None:
@@ -260,8 +322,12 @@ class Harness:
             except QgaError:
                 return False
 
-        wait_for(lambda: b"starting qemu-ga" in _read(vm.console) and asyncio.run(ping()),
-                 timeout, f"guest agent of {vm.instance_id}", interval=0.5)
+        wait_for(
+            lambda: b"starting qemu-ga" in _read(vm.console) and asyncio.run(ping()),
+            timeout,
+            f"guest agent of {vm.instance_id}",
+            interval=0.5,
+        )
 
 
 def _read(p: Path) -> bytes:
@@ -273,7 +339,9 @@ def _read(p: Path) -> bytes:
 
 def build_guest_image() -> None:
     if not (GUEST_DIR / "initrd.img").exists() or not (GUEST_DIR / "stamp").exists():
-        subprocess.run(["bash", str(REPO / "tests/guest/build-image.sh"), str(GUEST_DIR)], check=True)
+        subprocess.run(
+            ["bash", str(REPO / "tests/guest/build-image.sh"), str(GUEST_DIR)], check=True
+        )
 
 
 def probe_kvm(d: Path) -> str:
@@ -286,11 +354,29 @@ def probe_kvm(d: Path) -> str:
     console = d / "console.log"
     console.unlink(missing_ok=True)
     p = subprocess.Popen(
-        ["qemu-system-x86_64", "-machine", "q35,accel=kvm", "-cpu", "qemu64", "-m", "128",
-         "-nodefaults", "-display", "none", "-no-user-config",
-         "-kernel", str(GUEST_DIR / "vmlinuz"), "-initrd", str(GUEST_DIR / "initrd.img"),
-         "-append", "console=ttyS0 edd=off panic=-1", "-serial", f"file:{console}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "qemu-system-x86_64",
+            "-machine",
+            "q35,accel=kvm",
+            "-cpu",
+            "qemu64",
+            "-m",
+            "128",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-user-config",
+            "-kernel",
+            str(GUEST_DIR / "vmlinuz"),
+            "-initrd",
+            str(GUEST_DIR / "initrd.img"),
+            "-append",
+            "console=ttyS0 edd=off panic=-1",
+            "-serial",
+            f"file:{console}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for(lambda: b"Linux version" in _read(console) or p.poll() is not None, 5, "kvm")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,7 +16,7 @@ counters = st.integers(min_value=0, max_value=2**64 - 1)
 
 @given(st.lists(counters, min_size=1, max_size=50))
 def test_deltas_never_negative_and_sum_when_monotonic(values: list[int]) -> None:
-    deltas = [counter_delta(a, b) for a, b in zip(values, values[1:], strict=False)]
+    deltas = [counter_delta(a, b) for a, b in itertools.pairwise(values)]
     assert all(d is None or d >= 0 for d in deltas)
     if values == sorted(values):
         assert sum(d for d in deltas if d is not None) == values[-1] - values[0]
@@ -27,10 +29,18 @@ def test_first_sample_primes_and_reset_skips() -> None:
 
 
 @given(
-    st.dictionaries(st.sampled_from("abcd"), st.dictionaries(st.sampled_from("xy"), counters, min_size=2, max_size=2)),
-    st.dictionaries(st.sampled_from("abcde"), st.dictionaries(st.sampled_from("xy"), counters, min_size=2, max_size=2)),
+    st.dictionaries(
+        st.sampled_from("abcd"),
+        st.dictionaries(st.sampled_from("xy"), counters, min_size=2, max_size=2),
+    ),
+    st.dictionaries(
+        st.sampled_from("abcde"),
+        st.dictionaries(st.sampled_from("xy"), counters, min_size=2, max_size=2),
+    ),
 )
-def test_counter_deltas_by_key(prev: dict[str, dict[str, int]], cur: dict[str, dict[str, int]]) -> None:
+def test_counter_deltas_by_key(
+    prev: dict[str, dict[str, int]], cur: dict[str, dict[str, int]]
+) -> None:
     out = counter_deltas(prev, cur)
     for key, d in out.items():
         assert key in prev  # new keys only prime
@@ -47,7 +57,10 @@ datums = st.builds(
     Datum,
     namespace=st.sampled_from(["A", "B", "C"]),
     name=st.text(min_size=1, max_size=255),
-    dimensions=st.lists(st.tuples(st.text(min_size=1, max_size=255), st.text(min_size=1, max_size=1024)), max_size=30).map(tuple),
+    dimensions=st.lists(
+        st.tuples(st.text(min_size=1, max_size=255), st.text(min_size=1, max_size=1024)),
+        max_size=30,
+    ).map(tuple),
     value=st.floats(allow_nan=False, allow_infinity=False),
     unit=st.just("Count"),
     timestamp=st.just(0.0),

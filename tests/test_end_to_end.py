@@ -30,11 +30,18 @@ ROOT = os.geteuid() == 0
 
 
 @pytest.fixture(scope="module")
-def run_result(harness: Any, moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def run_result(
+    harness: Any, moto_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     vm = harness.launch_vm(1, boot_guest=True, tap=ROOT)
     harness.wait_guest_agent(vm)
-    rc, out = asyncio.run(guest_exec(vm.qga_socket,
-        "dd if=/dev/zero of=/mnt/data/known bs=1M count=3 2>/dev/null && sync && df -B1 /mnt/data | tail -1"))
+    rc, out = asyncio.run(
+        guest_exec(
+            vm.qga_socket,
+            "dd if=/dev/zero of=/mnt/data/known bs=1M count=3 2>/dev/null && sync"
+            " && df -B1 /mnt/data | tail -1",
+        )
+    )
     assert rc == 0, out
     _fs, _blocks, used, avail, *_ = out.split()
     cfg_path = tmp_path_factory.mktemp("e2e") / "agent.json"
@@ -45,25 +52,61 @@ def run_result(harness: Any, moto_url: str, tmp_path_factory: pytest.TempPathFac
     cfg["hypervisor"]["discovery"]["spinifex"]["run_dir"] = str(harness.run_dir)
     cfg_path.write_text(json.dumps(cfg))
     t0 = time.time()
-    agent = subprocess.Popen([sys.executable, "-m", "hiveagent", "run", "-c", str(cfg_path), "--cycles", "8"],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "hiveagent", "run", "-c", str(cfg_path), "--cycles", "8"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     time.sleep(5)  # at least two cycles: counters primed
-    rc, out = asyncio.run(guest_exec(vm.qga_socket, SCRATCH_WRITE + (
-        " && arping -c 3 -w 5 -I eth0 169.254.77.77 >/dev/null 2>&1; true" if vm.taps else "")))
+    rc, out = asyncio.run(
+        guest_exec(
+            vm.qga_socket,
+            SCRATCH_WRITE
+            + (
+                " && arping -c 3 -w 5 -I eth0 169.254.77.77 >/dev/null 2>&1; true"
+                if vm.taps
+                else ""
+            ),
+        )
+    )
     assert rc == 0, out
     log, _ = agent.communicate(timeout=120)
     assert agent.returncode == 0, log
-    return {"vm": vm, "t0": t0, "t1": time.time(), "used": int(used), "avail": int(avail),
-            "client": make_client("us-east-1", moto_url), "log": log}
+    return {
+        "vm": vm,
+        "t0": t0,
+        "t1": time.time(),
+        "used": int(used),
+        "avail": int(avail),
+        "client": make_client("us-east-1", moto_url),
+        "log": log,
+    }
 
 
-def fetch(r: dict[str, Any], namespace: str, name: str, dims: dict[str, str], unit: str, stat: str = "Sum") -> list[tuple[datetime, float]]:
+def fetch(
+    r: dict[str, Any], namespace: str, name: str, dims: dict[str, str], unit: str, stat: str = "Sum"
+) -> list[tuple[datetime, float]]:
     reply = r["client"].get_metric_data(
-        MetricDataQueries=[{"Id": "q", "MetricStat": {
-            "Metric": {"Namespace": namespace, "MetricName": name,
-                       "Dimensions": [{"Name": k, "Value": v} for k, v in dims.items()]},
-            "Period": 60, "Stat": stat, "Unit": unit}}],
-        StartTime=datetime.now(UTC) - timedelta(minutes=30), EndTime=datetime.now(UTC) + timedelta(minutes=5))
+        MetricDataQueries=[
+            {
+                "Id": "q",
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": namespace,
+                        "MetricName": name,
+                        "Dimensions": [{"Name": k, "Value": v} for k, v in dims.items()],
+                    },
+                    "Period": 60,
+                    "Stat": stat,
+                    "Unit": unit,
+                },
+            }
+        ],
+        StartTime=datetime.now(UTC) - timedelta(minutes=30),
+        EndTime=datetime.now(UTC) + timedelta(minutes=5),
+    )
     [result] = reply["MetricDataResults"]
     return list(zip(result["Timestamps"], result["Values"], strict=True))
 
@@ -86,8 +129,10 @@ def test_instance_disk_sums_equal_volume_sums(run_result: dict[str, Any]) -> Non
     vm = run_result["vm"]
     inst = {"InstanceId": vm.instance_id}
     disk = total(fetch(run_result, "Hive/EC2", "DiskWriteBytes", inst, "Bytes"))
-    volumes = sum(total(fetch(run_result, "Hive/EBS", "VolumeWriteBytes", {"VolumeId": v.volume_id}, "Bytes"))
-                  for v in vm.volumes)
+    volumes = sum(
+        total(fetch(run_result, "Hive/EBS", "VolumeWriteBytes", {"VolumeId": v.volume_id}, "Bytes"))
+        for v in vm.volumes
+    )
     assert disk == volumes >= 1024 * 1024
     assert total(fetch(run_result, "Hive/EC2", "DiskWriteOps", inst, "Count")) >= 256
 
@@ -124,7 +169,9 @@ def test_status_cpu_and_timestamps(run_result: dict[str, Any]) -> None:
 def test_network_from_tap(run_result: dict[str, Any]) -> None:
     vm = run_result["vm"]
     inst = {"InstanceId": vm.instance_id}
-    assert total(fetch(run_result, "Hive/EC2", "NetworkPacketsOut", inst, "Count")) >= 3  # 3 ARP requests
+    assert (
+        total(fetch(run_result, "Hive/EC2", "NetworkPacketsOut", inst, "Count")) >= 3
+    )  # 3 ARP requests
     assert total(fetch(run_result, "Hive/EC2", "NetworkOut", inst, "Bytes")) >= 3 * 42
     assert total(fetch(run_result, "Hive/EC2", "NetworkIn", inst, "Bytes")) == 0  # isolated link
 
@@ -140,7 +187,8 @@ def test_catalog_both_ways(run_result: dict[str, Any]) -> None:
             dims = {d["Name"]: d["Value"] for d in m["Dimensions"]}
             spec = CATALOG[m["MetricName"]]
             assert set(dims) == set(spec.dimensions)
-            if dims.get("InstanceId") == run_result["vm"].instance_id or \
-               dims.get("VolumeId") in {v.volume_id for v in run_result["vm"].volumes}:
+            if dims.get("InstanceId") == run_result["vm"].instance_id or dims.get("VolumeId") in {
+                v.volume_id for v in run_result["vm"].volumes
+            }:
                 landed.add(m["MetricName"])
     assert landed == set(CATALOG)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 from conftest import DATA, recorded
 
-from collectors.blockstats import BlockSample, device_name, parse_blockstats, volume_id, volume_values
+from collectors.blockstats import (
+    BlockSample,
+    device_name,
+    parse_blockstats,
+    volume_id,
+    volume_values,
+)
 from collectors.guest_disk import FsRecord, disk_values, parse_fsinfo
 from collectors.process_cpu import ProcCpuSample, cpu_utilization, parse_proc_stat, read_proc_stat
 from collectors.status import StatusSample, status_checks
@@ -40,14 +46,20 @@ def test_blockstats_recorded_devices_and_counters() -> None:
 
 def test_device_name_prefers_device_then_qdev() -> None:
     assert device_name({"device": "os", "qdev": "/machine/peripheral/x/virtio-backend"}) == "os"
-    assert device_name({"device": "", "qdev": "/machine/peripheral-anon/device[3]/virtio-backend"}) == "device[3]"
+    assert (
+        device_name({"device": "", "qdev": "/machine/peripheral-anon/device[3]/virtio-backend"})
+        == "device[3]"
+    )
     assert device_name({"device": ""}) is None
 
 
 def test_volume_values_from_two_recorded_samples() -> None:
     cur = parse_blockstats(recorded("qmp-query-blockstats"))
     prev = {k: {c: 0 for c in v} for k, v in cur.items()}
-    d = {k: cur["vdisk-vol-0123456789abcdef1"][k] - prev["vdisk-vol-0123456789abcdef1"][k] for k in cur["vdisk-vol-0123456789abcdef1"]}
+    d = {
+        k: cur["vdisk-vol-0123456789abcdef1"][k] - prev["vdisk-vol-0123456789abcdef1"][k]
+        for k in cur["vdisk-vol-0123456789abcdef1"]
+    }
     v = volume_values(d, period_s=60.0)
     assert v["VolumeWriteOps"] == 512
     assert v["VolumeWriteBytes"] == 2097152
@@ -59,9 +71,20 @@ def test_volume_values_from_two_recorded_samples() -> None:
 
 
 def test_blockstats_rejects_bad_counters() -> None:
-    reply = [{"device": "a", "stats": {"rd_bytes": -1, "wr_bytes": 0, "rd_operations": 0,
-                                       "wr_operations": 0, "rd_total_time_ns": 0, "wr_total_time_ns": 0}},
-             {"device": "b", "stats": {"rd_bytes": True}}]
+    reply = [
+        {
+            "device": "a",
+            "stats": {
+                "rd_bytes": -1,
+                "wr_bytes": 0,
+                "rd_operations": 0,
+                "wr_operations": 0,
+                "rd_total_time_ns": 0,
+                "wr_total_time_ns": 0,
+            },
+        },
+        {"device": "b", "stats": {"rd_bytes": True}},
+    ]
     assert parse_blockstats(reply) == {}
     with pytest.raises(ValueError):
         parse_blockstats({"not": "a list"})
@@ -119,20 +142,38 @@ def test_cpu_utilization() -> None:
 def test_net_dev_and_tun_discovery_from_tree() -> None:
     counters = parse_net_dev(read_net_dev(PROC, 4242))
     assert counters["tap0123456789ab"] == {
-        "rx_bytes": 123456, "rx_packets": 789, "tx_bytes": 654321, "tx_packets": 987,
+        "rx_bytes": 123456,
+        "rx_packets": 789,
+        "tx_bytes": 654321,
+        "tx_packets": 987,
     }
     assert counters["lo"]["rx_bytes"] == counters["lo"]["tx_bytes"]
     assert read_tun_ifaces(PROC, 4242) == ["tap0123456789ab"]
 
 
 def test_network_totals_are_reversed_and_summed() -> None:
-    prev = TapSample(1, 0.0, {"tapa": {"rx_bytes": 100, "rx_packets": 1, "tx_bytes": 1000, "tx_packets": 10},
-                              "tapb": {"rx_bytes": 0, "rx_packets": 0, "tx_bytes": 0, "tx_packets": 0}})
-    cur = TapSample(1, 60.0, {"tapa": {"rx_bytes": 150, "rx_packets": 2, "tx_bytes": 1500, "tx_packets": 15},
-                              "tapb": {"rx_bytes": 7, "rx_packets": 1, "tx_bytes": 3, "tx_packets": 1},
-                              "tapnew": {"rx_bytes": 999, "rx_packets": 9, "tx_bytes": 999, "tx_packets": 9}})
+    prev = TapSample(
+        1,
+        0.0,
+        {
+            "tapa": {"rx_bytes": 100, "rx_packets": 1, "tx_bytes": 1000, "tx_packets": 10},
+            "tapb": {"rx_bytes": 0, "rx_packets": 0, "tx_bytes": 0, "tx_packets": 0},
+        },
+    )
+    cur = TapSample(
+        1,
+        60.0,
+        {
+            "tapa": {"rx_bytes": 150, "rx_packets": 2, "tx_bytes": 1500, "tx_packets": 15},
+            "tapb": {"rx_bytes": 7, "rx_packets": 1, "tx_bytes": 3, "tx_packets": 1},
+            "tapnew": {"rx_bytes": 999, "rx_packets": 9, "tx_bytes": 999, "tx_packets": 9},
+        },
+    )
     assert network_totals(prev, cur) == {
-        "NetworkIn": 500 + 3, "NetworkOut": 50 + 7, "NetworkPacketsIn": 5 + 1, "NetworkPacketsOut": 1 + 1,
+        "NetworkIn": 500 + 3,
+        "NetworkOut": 50 + 7,
+        "NetworkPacketsIn": 5 + 1,
+        "NetworkPacketsOut": 1 + 1,
     }
     assert network_totals(prev, TapSample(2, 60.0, cur.taps)) is None  # QEMU restarted
 
@@ -166,7 +207,11 @@ def test_guest_agent_port_found_in_recorded_replies() -> None:
 def test_guest_info_recorded() -> None:
     info = parse_guest_info(recorded("qga-guest-info"))
     assert info.version == "7.2.22"
-    assert {"guest-get-fsinfo", "guest-get-diskstats", "guest-get-cpustats"} <= info.enabled_commands
+    assert {
+        "guest-get-fsinfo",
+        "guest-get-diskstats",
+        "guest-get-cpustats",
+    } <= info.enabled_commands
 
 
 def test_blocksample_is_frozen_record() -> None:

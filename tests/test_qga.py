@@ -41,6 +41,7 @@ def test_host_qga_info_and_blocked_commands(host_qga: Path) -> None:
             with pytest.raises(QgaCommandError) as e2:
                 await c.execute("no-such-command")
             assert e2.value.unavailable and e2.value.error_class == "CommandNotFound"
+
     run(go())
 
 
@@ -67,9 +68,11 @@ def test_half_sent_request_from_earlier_client_is_flushed(host_qga: Path) -> Non
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(str(host_qga))
         s.sendall(b'{"execute": "guest-info", "argu')
+
     async def go() -> Any:
         async with QgaClient(str(host_qga), timeout=5) as c:
             return await c.execute("guest-get-vcpus")
+
     vcpus = run(go())
     assert isinstance(vcpus, list) and len(vcpus) == os.cpu_count()
 
@@ -119,16 +122,22 @@ def test_recorded_resync_stream_is_understood(tmp_path: Path) -> None:
 
     def handler(req: dict[str, Any], conn: socket.socket) -> None:
         if req["execute"] == "guest-sync-delimited":
-            conn.sendall(recorded.replace(b'{"return": 7}', json.dumps({"return": req["arguments"]["id"]}).encode()))
+            conn.sendall(
+                recorded.replace(
+                    b'{"return": 7}', json.dumps({"return": req["arguments"]["id"]}).encode()
+                )
+            )
         else:
             conn.sendall(json.dumps({"return": "stale", "id": req["id"] - 1}).encode() + b"\n")
             conn.sendall(json.dumps({"return": {"ok": 1}, "id": req["id"]}).encode() + b"\n")
 
     server = ScriptedAgent(tmp_path / "a.sock", handler)
     try:
+
         async def go() -> tuple[Any, int]:
             async with QgaClient(str(server.path), timeout=3) as c:
                 return await c.execute("guest-get-vcpus"), c.stale_replies
+
         result, stale = run(go())
         assert result == {"ok": 1}
         # The late reply and the parse error come before 0xFF and are discarded as bytes; the
@@ -156,11 +165,13 @@ def test_timeout_then_resync_never_misattributes(tmp_path: Path) -> None:
 
     server = ScriptedAgent(tmp_path / "b.sock", handler)
     try:
+
         async def go() -> Any:
             async with QgaClient(str(server.path), timeout=0.5) as c:
                 with pytest.raises(QgaTimeout):
                     await c.execute("slow")
                 return await c.execute("fast")
+
         assert run(go()) == "FAST"
     finally:
         server.close()
@@ -175,9 +186,11 @@ def test_oversized_reply_is_cut_off(tmp_path: Path) -> None:
 
     server = ScriptedAgent(tmp_path / "c.sock", handler)
     try:
+
         async def go() -> None:
             async with QgaClient(str(server.path), timeout=3, max_reply_bytes=64 * 1024) as c:
                 await c.execute("guest-get-fsinfo")
+
         with pytest.raises(QgaProtocolError, match="exceeds 65536 bytes"):
             run(go())
     finally:
@@ -188,8 +201,10 @@ def test_silent_agent_times_out_on_connect(tmp_path: Path) -> None:
     """qemu-ga not running in the guest: connect succeeds, nothing ever answers."""
     server = ScriptedAgent(tmp_path / "d.sock", lambda req, conn: None)
     try:
+
         async def go() -> None:
             await QgaClient(str(server.path), timeout=0.3).connect()
+
         with pytest.raises(QgaTimeout):
             run(go())
     finally:

@@ -10,7 +10,13 @@ import pytest
 
 from hiveagent.agent import Agent
 from hiveagent.config import parse_config
-from hiveagent.qmp import QmpError, QmpSession, QmpTimeout, find_guest_agent_chardev
+from hiveagent.qmp import (
+    QmpCommandError,
+    QmpError,
+    QmpSession,
+    QmpTimeout,
+    find_guest_agent_chardev,
+)
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +25,16 @@ def bare_vm(harness: Any) -> Any:
 
 
 def agent_for(harness: Any, **hyper: Any) -> Agent:
-    cfg = {"agent": {"metrics_collection_interval": 5},
-           "metrics": {"metrics_collected": {"disk": {}}},
-           "hypervisor": {"discovery": {"spinifex": {"run_dir": str(harness.run_dir)}},
-                          "qmp": {"timeout_seconds": 2}, "qga": {"timeout_seconds": 1}, **hyper}}
+    cfg = {
+        "agent": {"metrics_collection_interval": 5},
+        "metrics": {"metrics_collected": {"disk": {}}},
+        "hypervisor": {
+            "discovery": {"spinifex": {"run_dir": str(harness.run_dir)}},
+            "qmp": {"timeout_seconds": 2},
+            "qga": {"timeout_seconds": 1},
+            **hyper,
+        },
+    }
     return Agent(parse_config(cfg))
 
 
@@ -44,6 +56,7 @@ def test_pid_from_so_peercred_and_guest_agent_port(bare_vm: Any) -> None:
 
 def test_second_client_times_out_within_deadline(bare_vm: Any) -> None:
     """A QMP socket serves one client: the second gets no greeting and must not hang."""
+
     async def go() -> float:
         first = QmpSession(str(bare_vm.qmp_socket), timeout=3)
         await first.connect()
@@ -56,12 +69,30 @@ def test_second_client_times_out_within_deadline(bare_vm: Any) -> None:
             return loop.time() - t
         finally:
             await first.close()
+
     assert asyncio.run(go()) < 1.5
+
+
+def test_command_error_keeps_class_and_description(bare_vm: Any) -> None:
+    async def go() -> None:
+        s = QmpSession(str(bare_vm.qmp_socket), timeout=3)
+        await s.connect()
+        try:
+            with pytest.raises(QmpCommandError) as info:
+                await s.execute("qom-list", {"path": "/machine/no-such-container"})
+            assert info.value.error_class == "DeviceNotFound"
+            assert "no-such-container" in str(info.value)
+            assert s.connected  # a command error keeps the connection
+        finally:
+            await s.close()
+
+    asyncio.run(go())
 
 
 def test_missing_socket_is_a_clear_error(tmp_path: Any) -> None:
     async def go() -> None:
         await QmpSession(str(tmp_path / "nope.sock"), timeout=1).connect()
+
     with pytest.raises(QmpError, match="cannot connect"):
         asyncio.run(go())
 
@@ -85,9 +116,16 @@ def test_cycle_on_guestless_vm_and_after_kill(harness: Any) -> None:
             await agent.close()
 
     first, second, third = asyncio.run(cycles())
-    mine = lambda ds: {d.name: d for d in ds if dict(d.dimensions).get("InstanceId") == vm.instance_id}  # noqa: E731
+
+    def mine(ds: list[Any]) -> dict[str, Any]:
+        return {d.name: d for d in ds if dict(d.dimensions).get("InstanceId") == vm.instance_id}
+
     assert agent.vms[vm.instance_id].qga_state == "not running in guest"
-    assert set(mine(first)) == {"StatusCheckFailed", "StatusCheckFailed_System", "StatusCheckFailed_Instance"}
+    assert set(mine(first)) == {
+        "StatusCheckFailed",
+        "StatusCheckFailed_System",
+        "StatusCheckFailed_Instance",
+    }
     two = mine(second)
     assert two["StatusCheckFailed"].value == 0 and two["StatusCheckFailed_System"].value == 0
     assert 0 <= two["CPUUtilization"].value <= 100
@@ -96,7 +134,11 @@ def test_cycle_on_guestless_vm_and_after_kill(harness: Any) -> None:
     assert {d.name for d in vol} >= {"VolumeReadOps", "VolumeWriteBytes", "VolumeQueueLength"}
     three = mine(third)
     assert three["StatusCheckFailed_System"].value == 1 and three["StatusCheckFailed"].value == 1
-    assert set(three) == {"StatusCheckFailed", "StatusCheckFailed_System", "StatusCheckFailed_Instance"}
+    assert set(three) == {
+        "StatusCheckFailed",
+        "StatusCheckFailed_System",
+        "StatusCheckFailed_Instance",
+    }
 
 
 def test_restarted_qemu_primes_again_no_spike(harness: Any) -> None:
