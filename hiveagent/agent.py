@@ -23,10 +23,11 @@ from hiveagent.model import Datum
 from hiveagent.qmp import (
     QmpError,
     QmpSession,
+    QmpTimeout,
     find_guest_agent_chardev,
     parse_query_chardev,
 )
-from qga.client import GuestInfo, QgaClient, QgaError
+from qga.client import GuestInfo, QgaClient, QgaError, QgaTimeout
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,9 @@ class Agent:
     def __init__(self, config: Config, collectors: list[Collector[Any]] | None = None) -> None:
         self.config = config
         self.discovery = Discovery(config)
-        self.collectors = collectors or [c() for c in REGISTRY if c().enabled(config)]
+        self.collectors = collectors or [
+            c for c in (cls() for cls in REGISTRY) if c.enabled(config)
+        ]
         self.vms: dict[str, VmRuntime] = {}
         self.discovery_problems: list[str] = []
         self.stats: Counter[str] = Counter()
@@ -160,6 +163,8 @@ class Agent:
         except QmpError as exc:
             ctx.qmp_error = str(exc)
             rt.errors["qmp"] += 1
+            if isinstance(exc, QmpTimeout):
+                rt.errors["qmp_timeout"] += 1
             self.stats["qmp_errors"] += 1
             if rt.last_error != ctx.qmp_error:
                 log.warning("vm %s: QMP: %s", rt.spec.instance_id, exc)
@@ -173,7 +178,7 @@ class Agent:
         finally:
             if ctx.qga is not None:
                 await ctx.qga.close()
-        if ctx.qmp_error is None and ctx.qga_error is None:
+        if ctx.qmp_error is None and ctx.qga_error is None and not ctx.collector_failed:
             rt.last_error = None
         return emitter.datums
 
@@ -192,6 +197,8 @@ class Agent:
             rt.guest_info = None
             ctx.qga_error = str(exc)
             rt.errors["qga"] += 1
+            if isinstance(exc, QgaTimeout):
+                rt.errors["qga_timeout"] += 1
             self.stats["qga_errors"] += 1
             rt.qga_state = f"error: {exc}"
             if rt.last_error != ctx.qga_error:
@@ -216,7 +223,13 @@ class Agent:
             cur = await collector.sample(ctx)
         except (QmpError, QgaError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
             rt.errors[collector.name] += 1
+            if isinstance(exc, QmpTimeout):
+                rt.errors["qmp_timeout"] += 1
+            elif isinstance(exc, QgaTimeout):
+                rt.errors["qga_timeout"] += 1
             self.stats[f"collector_errors.{collector.name}"] += 1
+            rt.last_error = f"{collector.name}: {exc}"
+            ctx.collector_failed = True
             log.warning("vm %s: %s: %s", rt.spec.instance_id, collector.name, exc)
             return
         try:

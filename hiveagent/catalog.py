@@ -18,6 +18,7 @@ class Family(Enum):
     EC2 = "ec2"  # hypervisor.ec2.namespace, default Hive/EC2
     EBS = "ebs"  # hypervisor.ebs.namespace, default Hive/EBS
     GUEST = "guest"  # metrics.namespace, default CWAgent
+    SELF = "self"  # hypervisor.self_metrics.namespace, default HiveAgent
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,11 @@ _EC2 = ("InstanceId",)
 _EBS = ("VolumeId",)
 _DISK = ("InstanceId", "path", "device", "fstype")
 _DEVICE = ("device",)  # dropped with disk.drop_device
+
+
+def _self(name: str, unit: str, semantics: str, dims: tuple[str, ...] = ()) -> MetricSpec:
+    return MetricSpec(name, Family.SELF, unit, dims, "the agent itself", semantics)
+
 
 CATALOG: dict[str, MetricSpec] = {
     spec.name: spec
@@ -232,6 +238,39 @@ CATALOG: dict[str, MetricSpec] = {
             "Used bytes: (f_blocks - f_bfree) * f_frsize.",
             _DEVICE,
         ),
+        _self("DatumsCollected", "Count", "Datums collected from VMs in the period."),
+        _self("DatumsSent", "Count", "Datums the endpoint accepted in the period."),
+        _self(
+            "DatumsDropped",
+            "Count",
+            "Datums given up in the period, by reason (rejected.<code>, spool_full, too_old, "
+            "spool_corrupt, memory_full, ...). Emitted only for reasons that occurred.",
+            ("Reason",),
+        ),
+        _self("ApiCalls", "Count", "PutMetricData calls in the period."),
+        _self("ApiErrors", "Count", "PutMetricData calls that failed in the period."),
+        _self("BreakerOpens", "Count", "Times the circuit breaker opened in the period."),
+        _self("SpoolBytes", "Bytes", "Bytes in the disk spool at the end of the period."),
+        _self("SpoolPendingDatums", "Count", "Datums waiting for the endpoint (disk and memory)."),
+        _self(
+            "SpoolOldestAge",
+            "Seconds",
+            "Age of the oldest datum waiting for the endpoint (0 when none waits).",
+        ),
+        _self("CycleDuration", "Seconds", "Wall time of the last collection cycle."),
+        _self("VmsSeen", "Count", "VMs found by discovery in the last cycle."),
+        _self(
+            "QmpTimeouts",
+            "Count",
+            "QMP calls of this VM that hit their deadline in the period (only when > 0).",
+            _EC2,
+        ),
+        _self(
+            "QgaTimeouts",
+            "Count",
+            "Guest agent calls of this VM that hit their deadline in the period (only when > 0).",
+            _EC2,
+        ),
     )
 }
 
@@ -258,5 +297,7 @@ def markdown_tables() -> str:
         Family.EBS: "EBS volume metrics (namespace `hypervisor.ebs.namespace`, default `Hive/EBS`)",
         Family.GUEST: "In-guest metrics, CloudWatch Agent names "
         "(namespace `metrics.namespace`, default `CWAgent`)",
+        Family.SELF: "The agent's own metrics "
+        "(namespace `hypervisor.self_metrics.namespace`, default `HiveAgent`)",
     }
     return "\n\n".join(f"### {titles[f]}\n\n{markdown_table(f)}" for f in Family) + "\n"

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-import signal
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,13 +14,12 @@ from hiveagent import __version__
 from hiveagent.agent import Agent
 from hiveagent.catalog import markdown_tables
 from hiveagent.config import Config, ConfigError, load_config
+from hiveagent.daemon import Daemon
 from hiveagent.model import Datum
-from hiveagent.publisher import Publisher, make_client
 
 log = logging.getLogger("hiveagent")
 
 EXIT_CONFIG = 2
-SHUTDOWN_FLUSH_S = 10.0
 # Guest agent commands the collectors use, shown by list-vms.
 METRIC_COMMANDS = (
     "guest-get-fsinfo",
@@ -130,59 +126,13 @@ async def _collect_once(config: Config, fmt: str, gap_s: float) -> int:
     return 0
 
 
-async def _run(config: Config, max_cycles: int | None) -> int:
-    agent = Agent(config)
-    publisher = Publisher(make_client(config.region, config.endpoint_override))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info(
-        "hiveagent %s running: interval %d s, endpoint %s",
-        __version__,
-        config.interval_s,
-        config.endpoint_override or "region default",
-    )
-    next_tick = time.monotonic()
-    last_flush = time.monotonic()
-    cycles = 0
+async def _run(config: Config, max_cycles: int | None, audit_path: str | None) -> int:
+    audit = open(audit_path, "a", encoding="utf-8") if audit_path else None  # noqa: SIM115
     try:
-        while not stop.is_set():
-            datums = await agent.cycle()
-            publisher.add(datums)
-            cycles += 1
-            log.debug(
-                "cycle %d: %d VMs, %d datums, %.3f s",
-                cycles,
-                len(agent.vms),
-                len(datums),
-                agent.last_cycle_s,
-            )
-            done = max_cycles is not None and cycles >= max_cycles
-            if done or time.monotonic() - last_flush >= config.force_flush_interval_s:
-                await publisher.flush()
-                last_flush = time.monotonic()
-            if done:
-                break
-            next_tick += config.interval_s
-            now = time.monotonic()
-            if next_tick < now:  # a slow cycle: skip the ticks it overran
-                next_tick = now + config.interval_s - (now - next_tick) % config.interval_s
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), next_tick - now)
+        return await Daemon(config, max_cycles=max_cycles, audit=audit).run()
     finally:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(publisher.flush(), SHUTDOWN_FLUSH_S)
-        if publisher.queue:
-            publisher.drop(len(publisher.queue), "shutdown", "endpoint not reachable at shutdown")
-        await agent.close()
-        log.info(
-            "stopped after %d cycle(s); sent %d datum(s); %s",
-            cycles,
-            publisher.stats["datums_sent"],
-            ", ".join(f"{k}={v}" for k, v in sorted(publisher.stats.items())),
-        )
-    return 0
+        if audit is not None:
+            audit.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("run", "run the daemon")
     p.add_argument("--cycles", type=int, help="stop after N cycles (testing, demos)")
+    p.add_argument(
+        "--audit-log",
+        metavar="FILE",
+        help="append every datum to FILE as a JSON line once it is in the spool (audits, tests)",
+    )
     add("check-config", "validate agent.json and exit", discovers=False)
     p = add("list-vms", "show the VMs found and their QMP and guest agent state")
     p.add_argument("--format", choices=("table", "json"), default="table")
@@ -229,5 +184,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "collect":
         return asyncio.run(_collect_once(config, args.format, args.gap))
     if args.command == "run":
-        return asyncio.run(_run(config, args.cycles))
+        return asyncio.run(_run(config, args.cycles, args.audit_log))
     raise AssertionError(args.command)

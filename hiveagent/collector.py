@@ -39,20 +39,22 @@ class VmContext:
     qga_expected: bool = False  # the guest agent answered before in this QEMU's life
     qga_error: str | None = None
     vcpus: int | None = None
+    collector_failed: bool = False
     cache: dict[str, Any] = field(default_factory=dict)  # per-VM, lives as long as the pid
 
 
 class Emitter:
     """Builds Datums for one VM, checking each against the catalog."""
 
-    def __init__(self, config: Config, timestamp: float) -> None:
+    def __init__(self, config: Config, timestamp: float, interval_s: int | None = None) -> None:
         self.namespaces = {
             Family.EC2: config.ec2_namespace,
             Family.EBS: config.ebs_namespace,
             Family.GUEST: config.guest_namespace,
+            Family.SELF: config.self_metrics.namespace,
         }
         self.timestamp = timestamp
-        self.resolution = 1 if config.interval_s < 60 else 60
+        self.resolution = 1 if (interval_s or config.interval_s) < 60 else 60
         self.datums: list[Datum] = []
         self.rejected: list[str] = []  # reasons for values that could not be emitted
 

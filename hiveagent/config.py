@@ -51,6 +51,46 @@ class GenericDiscovery:
 
 
 @dataclass(frozen=True)
+class SpoolSettings:
+    """hypervisor.spool: the durable queue between collection and the endpoint."""
+
+    directory: str  # default <state_dir>/spool
+    max_bytes: int = 256 << 20  # oldest data is dropped (and counted) beyond this
+    fsync: bool = True  # fsync every append: a datum in the spool survives power loss
+    memory_max_datums: int = 100_000  # fallback queue when the disk cannot be written
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    """hypervisor.publish: retries and the circuit breaker in front of the endpoint."""
+
+    timeout_s: float = 10.0  # connect and read timeout of one PutMetricData call
+    breaker_failures: int = 3  # consecutive failures that open the breaker
+    breaker_open_s: float = 60.0  # how long the endpoint is then considered down
+    backoff_base_s: float = 1.0  # full-jitter backoff: uniform(0, min(max, base * 2**n))
+    backoff_max_s: float = 30.0
+    shutdown_flush_s: float = 10.0  # SIGTERM: flush for at most this long, spool the rest
+
+
+@dataclass(frozen=True)
+class SelfMetricsSettings:
+    """hypervisor.self_metrics: the agent's own health, published like any metric."""
+
+    enabled: bool = True
+    namespace: str = "HiveAgent"
+    interval_s: int = 60
+
+
+@dataclass(frozen=True)
+class StatusServerSettings:
+    """hypervisor.status_server: /healthz, /status and /metrics over HTTP."""
+
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: int = 9133
+
+
+@dataclass(frozen=True)
 class Config:
     interval_s: int
     region: str | None
@@ -73,6 +113,10 @@ class Config:
     max_concurrent_vms: int
     proc_root: str
     state_dir: str
+    spool: SpoolSettings = field(default_factory=lambda: SpoolSettings("/var/lib/hiveagent/spool"))
+    publish: PublishSettings = field(default_factory=lambda: PublishSettings())
+    self_metrics: SelfMetricsSettings = field(default_factory=lambda: SelfMetricsSettings())
+    status_server: StatusServerSettings = field(default_factory=lambda: StatusServerSettings())
     source: str = field(default="<memory>", compare=False)
 
     def with_run_dir(self, run_dir: str) -> Config:
@@ -180,6 +224,11 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
                 ) from None
         generic.append(GenericDiscovery(g["qmp_glob"], pattern, template, g.get("vcpus")))
 
+    state_dir = hyper.get("state_dir", "/var/lib/hiveagent")
+    spool = hyper.get("spool", {})
+    publish = hyper.get("publish", {})
+    self_metrics = hyper.get("self_metrics", {})
+    status = hyper.get("status_server", {})
     qmp = hyper.get("qmp", {})
     qga = hyper.get("qga", {})
     ec2 = hyper.get("ec2", {})
@@ -205,7 +254,37 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
         qga_max_reply_bytes=qga.get("max_reply_bytes", 1 << 20),
         max_concurrent_vms=hyper.get("max_concurrent_vms", 32),
         proc_root=hyper.get("proc_root", "/proc"),
-        state_dir=hyper.get("state_dir", "/var/lib/hiveagent"),
+        state_dir=state_dir,
+        spool=SpoolSettings(
+            directory=spool.get("directory", str(Path(state_dir) / "spool")),
+            max_bytes=spool.get("max_bytes", SpoolSettings.max_bytes),
+            fsync=spool.get("fsync", True),
+            memory_max_datums=spool.get("memory_max_datums", SpoolSettings.memory_max_datums),
+        ),
+        publish=PublishSettings(
+            timeout_s=float(publish.get("timeout_seconds", PublishSettings.timeout_s)),
+            breaker_failures=publish.get("breaker_failures", PublishSettings.breaker_failures),
+            breaker_open_s=float(
+                publish.get("breaker_open_seconds", PublishSettings.breaker_open_s)
+            ),
+            backoff_base_s=float(
+                publish.get("backoff_base_seconds", PublishSettings.backoff_base_s)
+            ),
+            backoff_max_s=float(publish.get("backoff_max_seconds", PublishSettings.backoff_max_s)),
+            shutdown_flush_s=float(
+                publish.get("shutdown_flush_seconds", PublishSettings.shutdown_flush_s)
+            ),
+        ),
+        self_metrics=SelfMetricsSettings(
+            enabled=self_metrics.get("enabled", True),
+            namespace=self_metrics.get("namespace", SelfMetricsSettings.namespace),
+            interval_s=self_metrics.get("interval_seconds", SelfMetricsSettings.interval_s),
+        ),
+        status_server=StatusServerSettings(
+            enabled=status.get("enabled", True),
+            address=status.get("address", StatusServerSettings.address),
+            port=status.get("port", StatusServerSettings.port),
+        ),
         source=source,
     )
 

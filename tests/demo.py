@@ -56,6 +56,7 @@ def main() -> int:
         cfg["metrics"]["force_flush_interval"] = INTERVAL_S
         cfg["metrics"]["endpoint_override"] = url
         cfg["hypervisor"]["discovery"]["spinifex"]["run_dir"] = str(h.run_dir)
+        cfg["hypervisor"]["state_dir"] = str(root / "state")
         cfg_path = root / "agent.json"
         cfg_path.write_text(json.dumps(cfg, indent=2))
         print(f"demo: running hiveagent for {CYCLES} cycles of {INTERVAL_S} s")

@@ -1,0 +1,453 @@
+"""The disk spool: every batch is written here before it is sent, and forgotten only after the
+endpoint accepted it (or it was dropped with a counted reason). At-least-once delivery.
+
+Layout under the spool directory:
+
+- `<seq:016d>.seg` segment files of records, appended in order. A process always starts a new
+  segment, so a torn tail left by a crash is never appended to.
+- `cursor`: msgpack `[segment, offset]` of the oldest record not yet done, written atomically
+  (temporary file, fsync, rename). Everything before it is done; segments wholly before it are
+  deleted.
+
+A record is a 12-byte header `"HR" count:u16 length:u32 crc32:u32` (little endian) and `length`
+bytes of msgpack: `[namespace, [[name, [k, v, k, v, ...], value, unit, timestamp, resolution],
+...]]`. The count in the header lets a record whose payload is torn or corrupt be counted as
+that many dropped datums.
+
+Records may be marked done out of order (one request per namespace); the cursor only moves over
+the done prefix, so a crash resends at most the records done after the oldest pending one.
+When the disk cannot be written (full, read-only, I/O error), records are kept in a bounded
+memory queue instead, and the loss of those at shutdown or overflow is counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import logging
+import os
+import struct
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from hiveagent.model import Datum
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct("<2sHII")
+MAGIC = b"HR"
+MAX_RECORD_DATUMS = 0xFFFF
+MAX_RECORD_BYTES = 8 << 20
+CURSOR = "cursor"
+
+DropCallback = Callable[[int, str, str], None]  # (datums, reason, detail)
+
+
+class SpoolCorrupt(Exception):
+    """A record cannot be read back; `count` datums (from its header) are lost."""
+
+    def __init__(self, message: str, count: int) -> None:
+        super().__init__(message)
+        self.count = count
+
+
+@dataclass
+class Record:
+    """One spooled batch: a single namespace, at most 1000 datums."""
+
+    seq: int
+    namespace: str
+    count: int
+    oldest: float  # earliest datum timestamp, epoch seconds
+    segment: int | None  # None: memory-only (the disk could not be written)
+    offset: int = 0
+    length: int = 0  # header + payload bytes
+    datums: Sequence[Datum] | None = None  # kept for memory-only records
+
+
+def encode_payload(namespace: str, datums: Sequence[Datum]) -> bytes:
+    rows = [
+        [
+            d.name,
+            [x for kv in d.dimensions for x in kv],
+            d.value,
+            d.unit,
+            d.timestamp,
+            d.storage_resolution,
+        ]
+        for d in datums
+    ]
+    return msgpack.packb([namespace, rows], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode_payload(payload: bytes) -> tuple[str, list[Datum]]:
+    """Inverse of encode_payload. Raises ValueError on anything malformed."""
+    try:
+        namespace, rows = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        datums = []
+        for name, flat, value, unit, ts, res in rows:
+            dims = tuple(zip(flat[0::2], flat[1::2], strict=True))
+            datums.append(Datum(namespace, name, dims, float(value), unit, float(ts), int(res)))
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ValueError(f"undecodable record: {exc}") from None
+    if not isinstance(namespace, str):
+        raise ValueError("undecodable record: namespace is not a string")
+    return namespace, datums
+
+
+def encode_record(namespace: str, datums: Sequence[Datum]) -> bytes:
+    if not 0 < len(datums) <= MAX_RECORD_DATUMS:
+        raise ValueError(f"a record holds 1..{MAX_RECORD_DATUMS} datums, not {len(datums)}")
+    payload = encode_payload(namespace, datums)
+    return HEADER.pack(MAGIC, len(datums), len(payload), zlib.crc32(payload)) + payload
+
+
+def read_records(data: bytes, start: int = 0) -> Iterator[tuple[int, int, str, list[Datum]]]:
+    """(offset, length, namespace, datums) of each record in a segment's bytes from `start`.
+    Stops with SpoolCorrupt at the first torn or corrupt record."""
+    pos = start
+    while pos < len(data):
+        if len(data) - pos < HEADER.size:
+            raise SpoolCorrupt(f"torn header at offset {pos}", 0)
+        magic, count, length, crc = HEADER.unpack_from(data, pos)
+        if magic != MAGIC or length > MAX_RECORD_BYTES:
+            raise SpoolCorrupt(f"bad record header at offset {pos}", 0)
+        payload = data[pos + HEADER.size : pos + HEADER.size + length]
+        if len(payload) < length:
+            raise SpoolCorrupt(f"torn record at offset {pos} ({count} datums)", count)
+        if zlib.crc32(payload) != crc:
+            raise SpoolCorrupt(f"checksum mismatch at offset {pos} ({count} datums)", count)
+        try:
+            namespace, datums = decode_payload(payload)
+        except ValueError as exc:
+            raise SpoolCorrupt(f"{exc} at offset {pos}", count) from None
+        yield pos, HEADER.size + length, namespace, datums
+        pos += HEADER.size + length
+
+
+class Spool:
+    """Segment files plus a cursor; see the module docstring."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        max_bytes: int = 256 << 20,
+        fsync: bool = True,
+        memory_max_datums: int = 100_000,
+        on_drop: DropCallback | None = None,
+    ) -> None:
+        self.dir = Path(directory)
+        self.max_bytes = max_bytes
+        self.segment_bytes = max(64 << 10, max_bytes // 8)
+        self.fsync = fsync
+        self.memory_max_datums = memory_max_datums
+        self.on_drop: DropCallback = on_drop or (lambda n, reason, detail: None)
+        self.pending: OrderedDict[int, Record] = OrderedDict()
+        self.segment_sizes: dict[int, int] = {}  # segment number -> bytes on disk
+        self.next_seq = 0
+        self.active = 0  # the segment appended to (created on the first append)
+        self.active_file: io.FileIO | None = None
+        self.cursor: tuple[int, int] = (0, 0)
+        self.disk_ok = True
+        self.memory_datums = 0
+        self.corrupt_records = 0
+        self.write_errors = 0
+
+    # -- opening and replay ------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the directory, read the cursor and every record after it (oldest first)."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            segments = sorted(int(p.stem) for p in self.dir.glob("*.seg") if p.stem.isdigit())
+        except OSError as exc:
+            self._disk_failed(f"cannot use spool directory {self.dir}: {exc}")
+            return
+        self.cursor = self._read_cursor(segments)
+        for seg in segments:
+            path = self._path(seg)
+            if seg < self.cursor[0]:
+                self._unlink(seg)
+                continue
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                log.error("spool: cannot read %s: %s; skipped", path, exc)
+                self.corrupt_records += 1
+                continue
+            self.segment_sizes[seg] = len(data)
+            start = self.cursor[1] if seg == self.cursor[0] else 0
+            try:
+                for offset, length, namespace, datums in read_records(data, start):
+                    self._track(
+                        Record(
+                            self._take_seq(),
+                            namespace,
+                            len(datums),
+                            min(d.timestamp for d in datums),
+                            seg,
+                            offset,
+                            length,
+                        )
+                    )
+            except SpoolCorrupt as exc:
+                self.corrupt_records += 1
+                self.on_drop(exc.count, "spool_corrupt", f"{path}: {exc}; rest of segment skipped")
+        self.active = (segments[-1] + 1) if segments else 0
+        if self.pending:
+            log.info(
+                "spool: %d batch(es), %d datum(s) to replay from %s",
+                len(self.pending),
+                self.pending_datums,
+                self.dir,
+            )
+
+    def _read_cursor(self, segments: list[int]) -> tuple[int, int]:
+        path = self.dir / CURSOR
+        first = (segments[0], 0) if segments else (0, 0)
+        try:
+            seg, offset = msgpack.unpackb(path.read_bytes())
+            if not (isinstance(seg, int) and isinstance(offset, int) and seg >= 0 <= offset):
+                raise ValueError("not two non-negative integers")
+            return seg, offset
+        except FileNotFoundError:
+            return first
+        except (OSError, ValueError, TypeError, msgpack.UnpackException) as exc:
+            # Replaying from the start may resend, but loses nothing.
+            log.error("spool: cursor unreadable (%s); replaying every segment", exc)
+            return first
+
+    # -- appending ----------------------------------------------------------------------------
+
+    def append(self, namespace: str, datums: Sequence[Datum]) -> Record:
+        """Write one batch durably (or keep it in memory if the disk fails). Blocking I/O."""
+        return self.append_many([(namespace, datums)])[0]
+
+    def append_many(self, batches: Sequence[tuple[str, Sequence[Datum]]]) -> list[Record]:
+        """Write batches with one fsync for all of them; on a disk error, keep in memory what
+        could not be written. Blocking I/O."""
+        records = []
+        encoded = []
+        for namespace, datums in batches:
+            records.append(
+                Record(
+                    self._take_seq(),
+                    namespace,
+                    len(datums),
+                    min(d.timestamp for d in datums),
+                    None,
+                    datums=list(datums),
+                )
+            )
+            encoded.append(encode_record(namespace, datums))
+        try:
+            self._write(records, encoded)
+        except OSError as exc:
+            self.write_errors += 1
+            self._disk_failed(f"cannot write to spool {self.dir}: {exc}")
+            for r in records:
+                self.memory_datums += r.count
+        else:
+            for r in records:
+                r.datums = None  # on disk now; read back when sent
+            if not self.disk_ok:
+                log.warning("spool: writing to %s works again", self.dir)
+            self.disk_ok = True
+        for r in records:
+            self._track(r)
+        self._enforce_limits()
+        return records
+
+    def _write(self, records: list[Record], encoded: list[bytes]) -> None:
+        """All of them or (after a truncate back) none of them."""
+        if self.active_file is None or self.segment_sizes[self.active] >= self.segment_bytes:
+            self._rotate()
+        f = self.active_file
+        assert f is not None
+        start = self.segment_sizes[self.active]
+        try:
+            view = memoryview(b"".join(encoded))
+            while view:  # unbuffered: a short write is retried, an error raised here
+                written = f.write(view)
+                if not written:
+                    raise OSError(errno.EIO, "write made no progress")
+                view = view[written:]
+            if self.fsync:
+                os.fsync(f.fileno())
+        except OSError:
+            # Leave no torn record behind if we can; start a new segment if we cannot.
+            try:
+                f.truncate(start)
+                f.seek(start)
+            except OSError:
+                self._close_active()
+            raise
+        offset = start
+        for r, data in zip(records, encoded, strict=True):
+            r.segment, r.offset, r.length = self.active, offset, len(data)
+            offset += len(data)
+        self.segment_sizes[self.active] = offset
+
+    def _rotate(self) -> None:
+        """Open a fresh segment (never one that already holds data)."""
+        self._close_active()
+        if self.active in self.segment_sizes:
+            self.active = max(self.segment_sizes) + 1
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.active_file = open(self._path(self.active), "ab", buffering=0)  # noqa: SIM115
+        self.segment_sizes[self.active] = self.active_file.tell()
+
+    def _close_active(self) -> None:
+        if self.active_file is not None:
+            with contextlib.suppress(OSError):
+                self.active_file.close()
+            self.active_file = None
+
+    def _disk_failed(self, why: str) -> None:
+        if self.disk_ok:
+            log.error(
+                "spool: %s; keeping batches in memory (at most %d datums)",
+                why,
+                self.memory_max_datums,
+            )
+        self.disk_ok = False
+
+    # -- reading and completion -------------------------------------------------------------
+
+    def records(self) -> Iterator[Record]:
+        """Pending records, oldest first."""
+        return iter(list(self.pending.values()))
+
+    def load(self, record: Record) -> list[Datum]:
+        """The datums of a pending record. Raises SpoolCorrupt if they cannot be read back."""
+        if record.datums is not None:
+            return list(record.datums)
+        assert record.segment is not None
+        try:
+            with open(self._path(record.segment), "rb") as f:
+                f.seek(record.offset)
+                data = f.read(record.length)
+        except OSError as exc:
+            raise SpoolCorrupt(f"cannot read record: {exc}", record.count) from None
+        for _offset, _length, _ns, datums in read_records(data):
+            return datums
+        raise SpoolCorrupt("record vanished", record.count)
+
+    def done(self, record: Record) -> None:
+        """The record was delivered, or dropped with a counted reason."""
+        if self.pending.pop(record.seq, None) is None:
+            return
+        if record.segment is None:
+            self.memory_datums -= record.count
+
+    def commit(self) -> None:
+        """Persist the cursor (the oldest pending disk record) and delete finished segments."""
+        oldest = next((r for r in self.pending.values() if r.segment is not None), None)
+        if oldest is not None:
+            assert oldest.segment is not None
+            cursor = (oldest.segment, oldest.offset)
+        else:
+            cursor = (self.active, self.segment_sizes.get(self.active, 0))
+        if cursor == self.cursor:
+            return
+        try:
+            tmp = self.dir / (CURSOR + ".tmp")
+            with open(tmp, "wb") as f:
+                f.write(msgpack.packb(list(cursor)))
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, self.dir / CURSOR)
+        except OSError as exc:
+            self._disk_failed(f"cannot write the spool cursor: {exc}")
+            return
+        self.cursor = cursor
+        for seg in sorted(self.segment_sizes):
+            if seg < cursor[0] and seg != self.active:
+                self._unlink(seg)
+
+    def close(self) -> None:
+        self.commit()
+        self._close_active()
+        if self.memory_datums:
+            self.on_drop(
+                self.memory_datums, "shutdown_memory", "kept in memory because the disk failed"
+            )
+            self.memory_datums = 0
+
+    # -- limits -----------------------------------------------------------------------------
+
+    def _enforce_limits(self) -> None:
+        while self.total_bytes > self.max_bytes and len(self.segment_sizes) > 1:
+            oldest = min(self.segment_sizes)
+            if oldest == self.active:
+                break
+            lost = [r for r in self.pending.values() if r.segment == oldest]
+            for r in lost:
+                del self.pending[r.seq]
+            count = sum(r.count for r in lost)
+            if count:
+                self.on_drop(
+                    count,
+                    "spool_full",
+                    f"spool over {self.max_bytes} bytes; oldest segment {oldest} discarded",
+                )
+            self._unlink(oldest)
+        while self.memory_datums > self.memory_max_datums:
+            victim = next(r for r in self.pending.values() if r.segment is None)
+            del self.pending[victim.seq]
+            self.memory_datums -= victim.count
+            self.on_drop(victim.count, "memory_full", "spool disk unwritable and memory queue full")
+
+    # -- figures ------------------------------------------------------------------------------
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.segment_sizes.values())
+
+    @property
+    def pending_datums(self) -> int:
+        return sum(r.count for r in self.pending.values())
+
+    def oldest_timestamp(self) -> float | None:
+        return min((r.oldest for r in self.pending.values()), default=None)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "directory": str(self.dir),
+            "disk_ok": self.disk_ok,
+            "bytes": self.total_bytes,
+            "max_bytes": self.max_bytes,
+            "segments": len(self.segment_sizes),
+            "pending_batches": len(self.pending),
+            "pending_datums": self.pending_datums,
+            "memory_datums": self.memory_datums,
+            "oldest_timestamp": self.oldest_timestamp(),
+            "corrupt_records": self.corrupt_records,
+            "write_errors": self.write_errors,
+        }
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _take_seq(self) -> int:
+        self.next_seq += 1
+        return self.next_seq
+
+    def _track(self, record: Record) -> None:
+        self.pending[record.seq] = record
+
+    def _path(self, segment: int) -> Path:
+        return self.dir / f"{segment:016d}.seg"
+
+    def _unlink(self, segment: int) -> None:
+        self.segment_sizes.pop(segment, None)
+        with contextlib.suppress(FileNotFoundError):
+            self._path(segment).unlink()
