@@ -73,6 +73,15 @@ class Agent:
         self.stats: Counter[str] = Counter()
         self.last_cycle_s = 0.0
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: new discovery and collectors; VMs, connections and previous
+        samples are kept, so no counter is re-primed and no period is lost."""
+        self.config = config
+        self.discovery = Discovery(config)
+        self.collectors = [c for c in (cls() for cls in REGISTRY) if c.enabled(config)]
+        for rt in self.vms.values():
+            rt.qmp.timeout = config.qmp_timeout_s
+
     async def close(self) -> None:
         for rt in self.vms.values():
             await rt.qmp.close()

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,7 @@ from hiveagent import __version__
 from hiveagent.agent import Agent
 from hiveagent.catalog import markdown_tables
 from hiveagent.config import Config, ConfigError, load_config
-from hiveagent.daemon import Daemon
+from hiveagent.daemon import Daemon, redact_url
 from hiveagent.model import Datum
 
 log = logging.getLogger("hiveagent")
@@ -30,15 +31,31 @@ METRIC_COMMANDS = (
 )
 
 
+class JournalFormatter(logging.Formatter):
+    """Under systemd (JOURNAL_STREAM set) each line starts with its syslog priority, `<3>` for
+    errors etc., which journald turns into the PRIORITY field; journald adds the timestamp."""
+
+    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = self.PRIORITIES.get(record.levelno, 2)
+        return f"<{priority}>" + super().format(record).replace("\n", "\n" + f"<{priority}>")
+
+
 def _setup_logging(debug: bool) -> None:
-    # journald adds its own timestamps; keep lines short and greppable.
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # botocore at DEBUG would log request headers (credentials); keep it quiet.
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -56,7 +73,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"  namespaces: EC2 {config.ec2_namespace}, EBS {config.ebs_namespace}, "
         f"guest {config.guest_namespace}"
     )
-    print(f"  endpoint: {config.endpoint_override or 'the region default'}")
+    print(f"  endpoint: {redact_url(config.endpoint_override) or 'the region default'}")
     print(
         f"  discovery: spinifex {config.spinifex_run_dir or 'off'}, "
         f"generic patterns {len(config.generic)}"
@@ -126,10 +143,13 @@ async def _collect_once(config: Config, fmt: str, gap_s: float) -> int:
     return 0
 
 
-async def _run(config: Config, max_cycles: int | None, audit_path: str | None) -> int:
+async def _run(
+    config: Config, max_cycles: int | None, audit_path: str | None, run_dir: str | None
+) -> int:
     audit = open(audit_path, "a", encoding="utf-8") if audit_path else None  # noqa: SIM115
     try:
-        return await Daemon(config, max_cycles=max_cycles, audit=audit).run()
+        daemon = Daemon(config, max_cycles=max_cycles, audit=audit, run_dir_override=run_dir)
+        return await daemon.run()
     finally:
         if audit is not None:
             audit.close()
@@ -184,5 +204,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "collect":
         return asyncio.run(_collect_once(config, args.format, args.gap))
     if args.command == "run":
-        return asyncio.run(_run(config, args.cycles, args.audit_log))
+        return asyncio.run(_run(config, args.cycles, args.audit_log, args.run_dir))
     raise AssertionError(args.command)

@@ -4,7 +4,12 @@ Collection and sending are separate tasks on one event loop: collection spools e
 datums (durably) and never waits for the endpoint; the sender drains the spool every
 `force_flush_interval` (sooner when 1000 datums wait) with retries and the circuit breaker.
 SIGTERM/SIGINT stop collection, flush for at most `publish.shutdown_flush_seconds` and leave the
-rest in the spool for the next start.
+rest in the spool for the next start. SIGHUP reloads the config file: an invalid one is logged
+and the running config kept; the spool is never touched by a reload.
+
+Under systemd (Type=notify) the daemon sends READY=1 once the spool is open and the status
+server listens, STATUS= after every cycle, WATCHDOG=1 while cycles keep completing, RELOADING=1
+around a reload and STOPPING=1 at shutdown.
 """
 
 from __future__ import annotations
@@ -14,24 +19,47 @@ import contextlib
 import logging
 import signal
 import time
+from dataclasses import replace
 from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from hiveagent import __version__
 from hiveagent.agent import Agent
-from hiveagent.config import Config
+from hiveagent.config import Config, ConfigError, load_config
 from hiveagent.observe import SelfMetrics, observe, prometheus_text
 from hiveagent.publisher import MAX_DATUMS_PER_REQUEST, Publisher, make_client
 from hiveagent.spool import Spool
 from hiveagent.status_server import StatusServer
+from hiveagent.systemd import Notifier
 
 log = logging.getLogger("hiveagent")
 
 
+def redact_url(url: str | None) -> str | None:
+    """An endpoint URL fit for logs: user:password@ removed."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class Daemon:
     def __init__(
-        self, config: Config, *, max_cycles: int | None = None, audit: IO[str] | None = None
+        self,
+        config: Config,
+        *,
+        max_cycles: int | None = None,
+        audit: IO[str] | None = None,
+        run_dir_override: str | None = None,
     ) -> None:
         self.config = config
+        self.run_dir_override = run_dir_override
+        self.notifier = Notifier()
+        self.reloads = 0
         self.max_cycles = max_cycles
         self.started = time.time()
         self.spool = Spool(
@@ -82,6 +110,8 @@ class Daemon:
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started, 3),
             "cycles": self.cycles,
+            "reloads": self.reloads,
+            "config": self.config.source,
             "last_cycle_seconds": round(self.agent.last_cycle_s, 6),
             "vms": vms,
             "discovery_problems": self.agent.discovery_problems,
@@ -99,38 +129,96 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         self.spool.open()
         if self.config.status_server.enabled:
-            self.status_server = StatusServer(
-                self.config.status_server,
-                health=self.health,
-                status=self.status,
-                metrics=self.metrics,
-            )
-            try:
-                await self.status_server.start()
-            except OSError as exc:
-                log.error("status server not started: %s", exc)
-                self.status_server = None
+            await self._start_status_server()
         log.info(
             "hiveagent %s running: interval %d s, endpoint %s, spool %s",
             __version__,
             self.config.interval_s,
-            self.config.endpoint_override or "region default",
+            redact_url(self.config.endpoint_override) or "region default",
             self.config.spool.directory,
         )
-        sender = asyncio.create_task(self._sender(), name="sender")
+        self.notifier.notify("READY=1", "STATUS=started; first cycle running")
+        tasks = [asyncio.create_task(self._sender(), name="sender")]
+        if self.notifier.watchdog_s:
+            tasks.append(asyncio.create_task(self._watchdog(self.notifier.watchdog_s)))
         try:
             await self._collect_loop()
         finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+            self.notifier.notify("STOPPING=1", "STATUS=stopping: flushing to the endpoint")
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self._shutdown()
+            self.notifier.close()
         return 0
 
+    async def _watchdog(self, watchdog_s: float) -> None:
+        """Ping systemd's watchdog at half its period, but only while cycles keep completing:
+        a wedged collection loop gets the service restarted."""
+        while True:
+            await asyncio.sleep(watchdog_s / 2)
+            if self.health()[0]:
+                self.notifier.notify("WATCHDOG=1")
+
+    async def reload(self) -> None:
+        """SIGHUP: read the config file again. Invalid: keep running on the old one."""
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as exc:
+            log.error("reload failed, still running on the previous configuration: %s", exc)
+            self.notifier.notify("READY=1", "STATUS=reload failed; previous configuration kept")
+            return
+        if self.run_dir_override:
+            new = new.with_run_dir(self.run_dir_override)
+        await self.apply(new)
+        self.reloads += 1
+        log.info("configuration reloaded from %s", new.source)
+        self.notifier.notify("READY=1", "STATUS=configuration reloaded")
+
+    async def apply(self, new: Config) -> None:
+        old = self.config
+        if new.spool != old.spool:
+            log.warning("reload: spool settings change only at restart; the spool is kept as is")
+            new = replace(new, spool=old.spool)
+        if (new.region, new.endpoint_override, new.publish.timeout_s) != (
+            old.region,
+            old.endpoint_override,
+            old.publish.timeout_s,
+        ):
+            self.publisher.client = make_client(
+                new.region, new.endpoint_override, new.publish.timeout_s
+            )
+        self.publisher.settings = new.publish
+        self.publisher.breaker.failures = new.publish.breaker_failures
+        self.publisher.breaker.open_s = new.publish.breaker_open_s
+        self.agent.reconfigure(new)
+        self.self_metrics.config = new
+        self.config = new
+        if new.status_server != old.status_server:
+            if self.status_server is not None:
+                await self.status_server.stop()
+                self.status_server = None
+            if new.status_server.enabled:
+                await self._start_status_server()
+        self.flush_wanted.set()  # a new endpoint may take the backlog at once
+
+    async def _start_status_server(self) -> None:
+        server = StatusServer(
+            self.config.status_server, health=self.health, status=self.status, metrics=self.metrics
+        )
+        try:
+            await server.start()
+        except OSError as exc:
+            log.error("status server not started: %s", exc)
+            return
+        self.status_server = server
+
     async def _collect_loop(self) -> None:
-        interval = self.config.interval_s
         next_tick = time.monotonic()
         last_self = time.monotonic()
         while not self.stop.is_set():
@@ -147,6 +235,11 @@ class Daemon:
             self.publisher.add(datums)
             if self.spool.pending_datums >= MAX_DATUMS_PER_REQUEST:
                 self.flush_wanted.set()
+            self.notifier.notify(
+                f"STATUS={len(self.agent.vms)} VMs, cycle {self.agent.last_cycle_s:.2f} s, "
+                f"{self.spool.pending_datums} datums waiting, endpoint "
+                f"{self.publisher.breaker.state.value}"
+            )
             log.debug(
                 "cycle %d: %d VMs, %d datums, %.3f s",
                 self.cycles,
@@ -156,6 +249,7 @@ class Daemon:
             )
             if self.max_cycles is not None and self.cycles >= self.max_cycles:
                 break
+            interval = self.config.interval_s  # a reload may change it
             next_tick += interval
             now = time.monotonic()
             if next_tick < now:  # a slow cycle: skip the ticks it overran

@@ -202,6 +202,7 @@ class Spool:
                 self.corrupt_records += 1
                 self.on_drop(exc.count, "spool_corrupt", f"{path}: {exc}; rest of segment skipped")
         self.active = (segments[-1] + 1) if segments else 0
+        self._enforce_limits()  # the bound may have been lowered since the last run
         if self.pending:
             log.info(
                 "spool: %d batch(es), %d datum(s) to replay from %s",

@@ -110,6 +110,7 @@ class Harness:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.vms: list[Vm] = []
         self._accel: str | None = os.environ.get("HIVEAGENT_TEST_ACCEL") or None
+        self.moto: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Harness:
         return self
@@ -131,15 +132,22 @@ class Harness:
 
     # -- endpoint -----------------------------------------------------------------------------
 
-    def start_moto(self) -> str:
-        port = free_port()
-        log = open(self.root / "moto.log", "wb")  # noqa: SIM115 (outlives this call)
+    def start_moto(self, port: int | None = None, recording: Path | None = None) -> str:
+        """moto's server on `port` (a free one by default). With `recording`, every request is
+        appended to that file (moto's recorder), so a restarted server can replay them."""
+        port = port or free_port()
+        env = dict(os.environ)
+        if recording is not None:
+            env.update(MOTO_ENABLE_RECORDING="True", MOTO_RECORDER_FILEPATH=str(recording))
+        log = open(self.root / "moto.log", "ab")  # noqa: SIM115 (outlives this call)
         p = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=env,
         )
         self.processes.append(p)
+        self.moto = p
         url = f"http://127.0.0.1:{port}"
 
         def up() -> bool:
@@ -289,6 +297,15 @@ class Harness:
             self.write_sidecar(vm)
         self.vms.append(vm)
         return vm
+
+    @staticmethod
+    def hung_socket(path: Path) -> socket.socket:
+        """A unix socket that accepts connections (into its backlog) and never says a word: a
+        QMP or guest agent peer that hangs."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(str(path))
+        s.listen(64)
+        return s
 
     def write_sidecar(self, vm: Vm, **extra: object) -> Path:
         path = self.run_dir / f"qmp-telemetry-{vm.instance_id}.json"

@@ -1,0 +1,51 @@
+"""Retry maths and the circuit breaker as pure state machines (a fake clock, no sockets).
+Their behaviour against a real endpoint is in test_delivery."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hiveagent.publisher import BreakerState, CircuitBreaker, backoff_delay
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@given(st.integers(0, 100), st.floats(0.01, 5), st.floats(0.1, 600), st.integers(0, 2**32))
+def test_full_jitter_stays_within_the_cap(attempt: int, base: float, cap: float, seed: int) -> None:
+    d = backoff_delay(attempt, base, cap, random.Random(seed))
+    assert 0 <= d <= min(cap, base * 2**attempt)
+
+
+def test_full_jitter_spreads_over_the_whole_window() -> None:
+    rng = random.Random(1)
+    delays = [backoff_delay(3, 1.0, 30.0, rng) for _ in range(2000)]
+    assert max(delays) <= 8.0 and max(delays) > 7.5 and min(delays) < 0.5
+    assert 3.6 < sum(delays) / len(delays) < 4.4  # uniform on [0, 8]: mean 4
+
+
+def test_breaker_opens_after_consecutive_failures_then_probes_once() -> None:
+    clock = Clock()
+    b = CircuitBreaker(failures=3, open_s=60, clock=clock)
+    assert not b.failure() and not b.failure()
+    b.success()  # a success resets the count
+    assert not b.failure() and not b.failure()
+    assert b.failure() and b.state is BreakerState.OPEN and b.opens == 1
+    assert not b.allow() and b.remaining_s() == 60
+    clock.now += 59.9
+    assert not b.allow()
+    clock.now += 0.1
+    assert b.allow() and b.state is BreakerState.HALF_OPEN  # one probe
+    assert b.failure() and b.state is BreakerState.OPEN and b.opens == 2  # probe failed
+    clock.now += 60
+    assert b.allow()
+    b.success()
+    assert b.state is BreakerState.CLOSED and b.allow() and b.remaining_s() == 0

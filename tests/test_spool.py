@@ -1,0 +1,243 @@
+"""The disk spool on real files: replay after reopen, cursor, torn and corrupt records, the byte
+bound, and a really full disk (a 256 KiB tmpfs, when we are root)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hiveagent.model import Datum
+from hiveagent.spool import HEADER, Spool, decode_payload, encode_payload, read_records
+
+
+def datums(n: int, start: float = 1_700_000_000.0, ns: str = "Hive/EC2") -> list[Datum]:
+    return [
+        Datum(
+            ns,
+            "CPUUtilization",
+            (("InstanceId", f"i-{k:017x}"),),
+            k * 0.5,
+            "Percent",
+            start + k,
+            60,
+        )
+        for k in range(n)
+    ]
+
+
+class Drops:
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.details: list[str] = []
+
+    def __call__(self, count: int, reason: str, detail: str) -> None:
+        self.counts[reason] += count
+        self.details.append(detail)
+
+
+def open_spool(path: Path, drops: Drops | None = None, **kw: int) -> Spool:
+    spool = Spool(path, on_drop=drops, **kw)  # type: ignore[arg-type]
+    spool.open()
+    return spool
+
+
+def test_records_survive_a_restart_in_order(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    first = spool.append("Hive/EC2", datums(3))
+    spool.append_many(
+        [("Hive/EBS", datums(2, ns="Hive/EBS")), ("CWAgent", datums(1, ns="CWAgent"))]
+    )
+    spool.done(first)
+    spool.commit()
+    spool.close()
+
+    again = open_spool(tmp_path)
+    assert [(r.namespace, r.count) for r in again.records()] == [("Hive/EBS", 2), ("CWAgent", 1)]
+    [ebs, cw] = list(again.records())
+    assert again.load(ebs) == datums(2, ns="Hive/EBS")
+    assert again.load(cw) == datums(1, ns="CWAgent")
+    # The new process appends to a new segment, never to the old tail.
+    again.append("Hive/EC2", datums(1))
+    assert len(list(tmp_path.glob("*.seg"))) == 2
+
+
+def test_out_of_order_completion_keeps_the_oldest_pending(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    a, b, c = (spool.append("Hive/EC2", datums(1, start=t)) for t in (1e9, 2e9, 3e9))
+    spool.done(b)
+    spool.done(c)
+    spool.commit()
+    spool.close()
+    again = open_spool(tmp_path)
+    # a is pending, so it and everything after it come back: b and c are resent (at-least-once).
+    assert [r.oldest for r in again.records()] == [1e9, 2e9, 3e9]
+    for r in again.records():
+        again.done(r)
+    again.commit()
+    again.close()
+    assert list(open_spool(tmp_path).records()) == []
+    assert a.count == 1
+
+
+def test_finished_segments_are_deleted(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path, max_bytes=1 << 20)  # 128 KiB segments
+    for k in range(40):
+        spool.append("Hive/EC2", datums(100, start=1e9 + k * 1000))
+    assert len(spool.segment_sizes) > 2
+    for r in spool.records():
+        spool.done(r)
+    spool.commit()
+    assert len(list(tmp_path.glob("*.seg"))) == 1  # only the active one
+
+
+def test_torn_tail_is_counted_not_fatal(tmp_path: Path) -> None:
+    drops = Drops()
+    spool = open_spool(tmp_path)
+    spool.append("Hive/EC2", datums(5))
+    spool.append("Hive/EC2", datums(7))
+    spool.close()
+    [seg] = tmp_path.glob("*.seg")
+    size = seg.stat().st_size
+    with open(seg, "r+b") as f:
+        f.truncate(size - 10)  # power lost in the middle of the second record
+    again = open_spool(tmp_path, drops)
+    assert [r.count for r in again.records()] == [5]
+    assert drops.counts == Counter({"spool_corrupt": 7})
+    assert again.corrupt_records == 1
+
+
+def test_flipped_bit_is_counted_and_the_rest_of_the_segment_skipped(tmp_path: Path) -> None:
+    drops = Drops()
+    spool = open_spool(tmp_path)
+    spool.append("Hive/EC2", datums(4))
+    spool.append("Hive/EC2", datums(6))
+    spool.append("Hive/EC2", datums(8))
+    spool.close()
+    [seg] = tmp_path.glob("*.seg")
+    data = bytearray(seg.read_bytes())
+    first_len = HEADER.size + HEADER.unpack_from(data, 0)[2]
+    data[first_len + HEADER.size + 3] ^= 0x40  # inside the second record's payload
+    seg.write_bytes(bytes(data))
+    again = open_spool(tmp_path, drops)
+    assert [r.count for r in again.records()] == [4]
+    assert drops.counts["spool_corrupt"] == 6  # the header still says how many were lost
+    assert "checksum mismatch" in drops.details[0]
+
+
+def test_garbage_cursor_replays_everything(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    r = spool.append("Hive/EC2", datums(2))
+    spool.append("Hive/EC2", datums(3))
+    spool.done(r)
+    spool.commit()
+    spool.close()
+    (tmp_path / "cursor").write_bytes(b"\xc1garbage")
+    assert [r.count for r in open_spool(tmp_path).records()] == [2, 3]
+
+
+def test_byte_bound_drops_oldest_and_counts(tmp_path: Path) -> None:
+    drops = Drops()
+    spool = open_spool(tmp_path, drops, max_bytes=1 << 20)
+    for k in range(100):
+        spool.append("Hive/EC2", datums(200, start=1e9 + k * 1000))
+    assert spool.total_bytes <= 1 << 20
+    kept = spool.pending_datums
+    assert drops.counts["spool_full"] == 100 * 200 - kept > 0
+    # What is kept is the newest.
+    assert max(r.oldest for r in spool.records()) == 1e9 + 99 * 1000
+
+
+def test_unwritable_directory_falls_back_to_bounded_memory(tmp_path: Path) -> None:
+    drops = Drops()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    spool = open_spool(blocker / "spool", drops, memory_max_datums=1000)
+    for k in range(15):
+        spool.append("Hive/EC2", datums(100, start=1e9 + k * 1000))
+    assert not spool.disk_ok and spool.write_errors == 15
+    assert spool.memory_datums == 1000
+    assert drops.counts["memory_full"] == 500
+    first = next(spool.records())
+    assert spool.load(first) == datums(100, start=1e9 + 5000)
+    spool.close()
+    assert drops.counts["shutdown_memory"] == 1000
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root for tmpfs")
+def test_full_disk_degrades_to_memory_and_recovers(tmp_path: Path) -> None:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], check=True)
+    try:
+        drops = Drops()
+        spool = open_spool(mnt / "spool", drops, fsync=0)  # type: ignore[arg-type]
+        written = 0
+        while spool.disk_ok:
+            spool.append("Hive/EC2", datums(200, start=1e9 + written))
+            written += 1
+            assert written < 1000
+        assert spool.write_errors == 1 and spool.memory_datums == 200
+        # The failed write left no torn record behind: a fresh reader sees only whole ones.
+        for seg in sorted((mnt / "spool").glob("*.seg")):
+            list(read_records(seg.read_bytes()))
+        # Space comes back (the endpoint drained older records): disk writes resume.
+        for r in list(spool.records())[: written // 2]:
+            spool.done(r)
+        spool.commit()
+        spool.append("Hive/EC2", datums(10, start=2e9))
+        assert spool.disk_ok
+        assert spool.pending_datums == (written - 1 - written // 2) * 200 + 200 + 10
+        assert drops.counts == Counter()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
+datum_strategy = st.builds(
+    Datum,
+    namespace=st.just("NS"),
+    name=names,
+    dimensions=st.lists(st.tuples(names, names), max_size=4).map(tuple),
+    value=st.floats(allow_nan=False, allow_infinity=False),
+    unit=st.sampled_from(["Count", "Bytes", "Percent"]),
+    timestamp=st.floats(0, 4e9),
+    storage_resolution=st.sampled_from([1, 60]),
+)
+
+
+@given(st.lists(datum_strategy, min_size=1, max_size=30))
+def test_payload_round_trip(ds: list[Datum]) -> None:
+    assert decode_payload(encode_payload("NS", ds)) == ("NS", ds)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60)
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=6), st.data())
+def test_any_truncation_yields_a_prefix(
+    tmp_path: Path, sizes: list[int], data: st.DataObject
+) -> None:
+    d = Path(tempfile.mkdtemp(dir=tmp_path))
+    spool = open_spool(d)
+    for n in sizes:
+        spool.append("NS", datums(n, ns="NS"))
+    spool.close()
+    [seg] = d.glob("*.seg")
+    raw = seg.read_bytes()
+    cut = data.draw(st.integers(0, len(raw)))
+    seg.write_bytes(raw[:cut])
+    drops = Drops()
+    again = open_spool(d, drops)
+    got = [r.count for r in again.records()]
+    assert got == sizes[: len(got)]  # a prefix, in order
+    lost = sum(sizes) - sum(got)
+    # Whatever is lost was counted, except a record whose very header was cut.
+    assert drops.counts["spool_corrupt"] <= lost
+    if cut == len(raw):
+        assert got == sizes
