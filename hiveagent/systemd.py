@@ -25,6 +25,9 @@ class Notifier:
             self.watchdog_s = int(usec) / 1e6
         if self.address:
             self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Never block the event loop on a slow reader: a message that does not fit is
+            # dropped (the next STATUS or WATCHDOG replaces it).
+            self.socket.setblocking(False)
 
     @property
     def enabled(self) -> bool:
@@ -36,7 +39,7 @@ class Notifier:
         message = "\n".join(f.replace("\n", " ") for f in fields).encode()
         try:
             self.socket.sendto(message, self.address)
-        except OSError as exc:  # systemd gone or socket full: never fatal
+        except OSError as exc:  # systemd gone or its queue full: never fatal
             log.debug("sd_notify %r: %s", fields, exc)
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ import time
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ class AgentProcess:
         self.config.write_text(json.dumps(cfg))
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, *extra: str) -> None:
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> None:
         log = open(self.log, "ab")  # noqa: SIM115 (handed to the child)
         self.process = subprocess.Popen(
             [
@@ -105,6 +106,7 @@ class AgentProcess:
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         log.close()
         wait_for(lambda: self._get("/healthz") is not None, 30, "agent status server")
@@ -119,7 +121,7 @@ class AgentProcess:
 
     def status(self) -> dict[str, Any]:
         s = self._get("/status")
-        assert s is not None, self.log.read_text()[-3000:]
+        assert s is not None, (self.process and self.process.poll(), self.log.read_text()[-3000:])
         return dict(s)
 
     def metrics(self) -> str:
@@ -208,21 +210,33 @@ def endpoint_stats(url: str, series: list[Series], start: int) -> dict[Series, d
 def compare(url: str, datums: list[Datum]) -> tuple[int, int, list[str]]:
     """(missing, extra, differences) between the audit and the endpoint."""
     start = int(min(d.timestamp for d in datums)) - 1
+    # moto's GetMetricData ignores the namespace when dimensions are given: series with the
+    # same name and dimensions in two namespaces come back merged, so merge them here too.
+    first_ns: dict[tuple[str, Any], str] = {}
+    for d in datums:
+        first_ns.setdefault((d.name, d.dimensions), d.namespace)
+    datums = [replace(d, namespace=first_ns[(d.name, d.dimensions)]) for d in datums]
     expected = bucket_stats(datums, start)
     got = endpoint_stats(url, sorted(expected), start)
     missing = extra = 0
-    diffs = []
+    diffs: list[str] = []
+    diffs_count: list[str] = []
     for key, buckets in expected.items():
         for b, (n, total, lo, hi) in buckets.items():
             m, s, mn, mx = got[key].get(b, (0, 0.0, 0.0, 0.0))
             missing += max(0, n - m)
             extra += max(0, m - n)
+            if m != n:
+                diffs_count.append(f"{key} minute {b}: endpoint {m} audit {n}")
             if m == n and not (
                 math.isclose(s, total, rel_tol=1e-9, abs_tol=1e-9) and mn == lo and mx == hi
             ):
                 diffs.append(f"{key} minute {b}: endpoint {(m, s, mn, mx)} != {(n, total, lo, hi)}")
         for b in set(got[key]) - set(buckets):
             extra += got[key][b][0]
+            diffs_count.append(f"{key} minute {b}: endpoint {got[key][b][0]}, not audited")
+    for line in diffs_count[:20]:
+        print("count differs:", line)
     return missing, extra, diffs
 
 
