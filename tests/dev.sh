@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(qemu-system-x86 qemu-guest-agent qemu-utils busybox-static linux-image-amd64
-              e2fsprogs cpio kmod iproute2 procps python3 python3-venv python3-pip)
+              e2fsprogs cpio kmod iproute2 procps python3 python3-venv python3-pip
+              python3.11 rpm systemd adduser)
 
 setup() {
   local missing=()
