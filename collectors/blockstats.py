@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,22 +57,31 @@ def volume_id(device: str, instance_id: str) -> str:
     return m.group(0) if m else f"{instance_id}:{device}"
 
 
-def parse_blockstats(reply: Any) -> dict[str, dict[str, int]]:
-    """Device name -> the six counters, each checked to be an integer in [0, 2^64)."""
+def parse_blockstats(
+    reply: Any, limit: int = MAX_DEVICES, rejected: Counter[str] | None = None
+) -> dict[str, dict[str, int]]:
+    """Device name -> the six counters, each checked to be an integer in [0, 2^64); at most
+    `limit` devices. Entries thrown away are counted in `rejected` by reason."""
     out: dict[str, dict[str, int]] = {}
+    rejected = Counter() if rejected is None else rejected
     if not isinstance(reply, list):
         raise ValueError("query-blockstats: reply is not a list")
-    for entry in reply[:MAX_DEVICES]:
+    for n, entry in enumerate(reply):
+        if len(out) >= limit:
+            rejected["blockstats.over_limit"] += len(reply) - n
+            break
         if not isinstance(entry, dict):
+            rejected["blockstats.not_an_object"] += 1
             continue
         name = device_name(entry)
         stats = entry.get("stats")
         if name is None or not isinstance(stats, dict):
-            continue
+            continue  # a device without a name (e.g. an empty CD drive): nothing to report
         counters = {}
         for key in COUNTERS:
             v = stats.get(key)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _U64_MAX:
+                rejected["blockstats.bad_counter"] += 1
                 break
             counters[key] = v
         else:
@@ -102,7 +112,8 @@ class BlockStats(Collector[BlockSample]):
     async def sample(self, ctx: VmContext) -> BlockSample:
         assert ctx.pid is not None
         reply = await ctx.qmp.execute("query-blockstats")
-        return BlockSample(ctx.pid, time.monotonic(), parse_blockstats(reply))
+        devices = parse_blockstats(reply, ctx.config.limits.max_block_devices, ctx.rejected)
+        return BlockSample(ctx.pid, time.monotonic(), devices)
 
     def emit(
         self, prev: BlockSample | None, cur: BlockSample, ctx: VmContext, out: Emitter

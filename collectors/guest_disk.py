@@ -7,12 +7,12 @@ disk_used_percent = used / total-bytes * 100 is then exactly the CloudWatch Agen
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from hiveagent.collector import Collector, Emitter, VmContext
 
-MAX_FILESYSTEMS = 128
 MAX_FIELD = 1024
 _MAX_BYTES = 1 << 63
 
@@ -41,13 +41,22 @@ def _size(value: Any) -> int | None:
     return value
 
 
-def parse_fsinfo(reply: Any) -> list[FsRecord]:
-    """Filesystems with usable numbers; entries without sizes (e.g. no statvfs) are skipped."""
+def parse_fsinfo(
+    reply: Any, limit: int = 64, rejected: Counter[str] | None = None
+) -> list[FsRecord]:
+    """Filesystems with usable numbers, at most `limit`, each mount point once. Every entry
+    thrown away is counted in `rejected` by reason."""
     if not isinstance(reply, list):
         raise ValueError("guest-get-fsinfo: reply is not a list")
-    out = []
-    for entry in reply[:MAX_FILESYSTEMS]:
+    rejected = Counter() if rejected is None else rejected
+    out: list[FsRecord] = []
+    seen: set[str] = set()
+    for n, entry in enumerate(reply):
+        if len(out) >= limit:
+            rejected["fsinfo.over_limit"] += len(reply) - n
+            break
         if not isinstance(entry, dict):
+            rejected["fsinfo.not_an_object"] += 1
             continue
         mountpoint = _clean(entry.get("mountpoint"))
         device = _clean(entry.get("name"))
@@ -55,11 +64,25 @@ def parse_fsinfo(reply: Any) -> list[FsRecord]:
         used = _size(entry.get("used-bytes"))
         total = _size(entry.get("total-bytes"))
         privileged = _size(entry.get("total-bytes-privileged"))
-        if None in (mountpoint, device, fstype, used, total) or used > total:  # type: ignore[operator]
+        if mountpoint is None or device is None or fstype is None:
+            rejected["fsinfo.bad_name"] += 1
             continue
-        if privileged is not None and privileged < total:  # type: ignore[operator]
+        if used is None or total is None:
+            # Absent sizes are normal (statvfs failed in the guest); wrong ones are not.
+            if "used-bytes" in entry or "total-bytes" in entry:
+                rejected["fsinfo.bad_size"] += 1
+            continue
+        if used > total:
+            rejected["fsinfo.used_over_total"] += 1
+            continue
+        if mountpoint in seen:
+            rejected["fsinfo.duplicate_mountpoint"] += 1
+            continue
+        seen.add(mountpoint)
+        if privileged is not None and privileged < total:
+            rejected["fsinfo.bad_size"] += 1
             privileged = None
-        out.append(FsRecord(mountpoint, device, fstype, used, total, privileged))  # type: ignore[arg-type]
+        out.append(FsRecord(mountpoint, device, fstype, used, total, privileged))
     return out
 
 
@@ -85,7 +108,8 @@ class GuestDisk(Collector[list[FsRecord]]):
 
     async def sample(self, ctx: VmContext) -> list[FsRecord]:
         assert ctx.qga is not None
-        return parse_fsinfo(await ctx.qga.execute("guest-get-fsinfo"))
+        reply = await ctx.qga.execute("guest-get-fsinfo")
+        return parse_fsinfo(reply, ctx.config.limits.max_filesystems, ctx.rejected)
 
     def emit(
         self, prev: list[FsRecord] | None, cur: list[FsRecord], ctx: VmContext, out: Emitter

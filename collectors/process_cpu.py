@@ -31,7 +31,10 @@ def read_proc_stat(proc_root: str, pid: int) -> bytes:
 def parse_proc_stat(data: bytes) -> int:
     """utime + stime in ticks. The comm field may hold spaces and parentheses, so split after
     the LAST ')'. Fields after it start at field 3 (state); utime is 14, stime 15."""
-    rest = data[data.rindex(b")") + 2 :].split()
+    end = data.rfind(b")")
+    rest = data[end + 2 :].split() if end >= 0 else []
+    if len(rest) < 13 or not (rest[11].isdigit() and rest[12].isdigit()):
+        raise ValueError("/proc/<pid>/stat: malformed")
     return int(rest[11]) + int(rest[12])
 
 

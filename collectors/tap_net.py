@@ -103,6 +103,9 @@ class TapNet(Collector[TapSample]):
             cached[0] += 1
             ctx.cache["taps"] = cached
             taps = cached[1]
+        if len(taps) > ctx.config.limits.max_interfaces:
+            ctx.rejected["tap_net.over_limit"] += len(taps) - ctx.config.limits.max_interfaces
+            taps = taps[: ctx.config.limits.max_interfaces]
         counters = parse_net_dev(read_net_dev(ctx.config.proc_root, ctx.pid)) if taps else {}
         return TapSample(ctx.pid, time.monotonic(), {t: counters[t] for t in taps if t in counters})
 

@@ -21,6 +21,7 @@ from hiveagent.config import Config
 from hiveagent.discovery import Discovery, VmSpec
 from hiveagent.model import Datum
 from hiveagent.qmp import (
+    QmpCommandError,
     QmpError,
     QmpSession,
     QmpTimeout,
@@ -116,7 +117,16 @@ class Agent:
 
         async def bounded(rt: VmRuntime) -> list[Datum]:
             async with limit:
-                return await self.collect_vm(rt)
+                try:
+                    async with asyncio.timeout(self.config.vm_deadline_s):
+                        return await self.collect_vm(rt)
+                except TimeoutError:
+                    # Every call has its own deadline; this caps their sum for one VM.
+                    rt.errors["vm_deadline"] += 1
+                    self.stats["vm_deadline_exceeded"] += 1
+                    rt.last_error = f"collection took over {self.config.vm_deadline_s:g} s"
+                    log.warning("vm %s: %s; skipped this cycle", rt.spec.instance_id, rt.last_error)
+                    return []
 
         results = await asyncio.gather(*(bounded(rt) for rt in self.vms.values()))
         datums = [d for r in results for d in r]
@@ -127,12 +137,22 @@ class Agent:
 
     async def connect_vm(self, rt: VmRuntime, ctx: VmContext) -> str | None:
         """QMP up, pid known, run status read; returns the guest agent socket to use, if any."""
-        if not rt.qmp.connected:
+        if rt.qmp.connected:
+            try:
+                status = await rt.qmp.execute("query-status")
+            except (QmpTimeout, QmpCommandError):
+                raise
+            except QmpError:
+                # The connection died since the last cycle (QEMU restarted or was killed):
+                # reconnect once now rather than report a cycle of failure for a restart.
+                await rt.qmp.connect()
+                status = await rt.qmp.execute("query-status")
+        else:
             await rt.qmp.connect()
+            status = await rt.qmp.execute("query-status")
         if rt.qmp.pid != rt.pid:
             rt.new_process(rt.qmp.pid)
         ctx.pid = rt.pid
-        status = await rt.qmp.execute("query-status")
         ctx.run_status = status.get("status") if isinstance(status, dict) else None
         if not isinstance(ctx.run_status, str):
             ctx.run_status = None
@@ -186,10 +206,27 @@ class Agent:
                 await self._run_collector(collector, rt, ctx, emitter)
         finally:
             if ctx.qga is not None:
+                if ctx.qga.stale_replies:
+                    ctx.rejected["qga.stale_reply"] += ctx.qga.stale_replies
                 await ctx.qga.close()
+            self._count_rejections(rt, ctx)
         if ctx.qmp_error is None and ctx.qga_error is None and not ctx.collector_failed:
             rt.last_error = None
         return emitter.datums
+
+    def _count_rejections(self, rt: VmRuntime, ctx: VmContext) -> None:
+        for reason, n in ctx.rejected.items():
+            key = f"rejected.{reason}"
+            if not rt.errors[key]:
+                log.warning(
+                    "vm %s: rejected %d item(s) of guest input: %s (logged once per "
+                    "VM; see /status)",
+                    rt.spec.instance_id,
+                    n,
+                    reason,
+                )
+            rt.errors[key] += n
+            self.stats[key] += n
 
     async def _open_guest_agent(self, rt: VmRuntime, ctx: VmContext, path: str) -> None:
         client = QgaClient(
@@ -232,6 +269,7 @@ class Agent:
             cur = await collector.sample(ctx)
         except (QmpError, QgaError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
             rt.errors[collector.name] += 1
+            self.stats[f"collector_errors.{collector.name}.{type(exc).__name__}"] += 1
             if isinstance(exc, QmpTimeout):
                 rt.errors["qmp_timeout"] += 1
             elif isinstance(exc, QgaTimeout):

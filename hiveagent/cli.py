@@ -136,6 +136,11 @@ async def _collect_once(config: Config, fmt: str, gap_s: float) -> int:
         datums = await agent.cycle()
     finally:
         await agent.close()
+    log.info(
+        "collect: %d datum(s); %s",
+        len(datums),
+        ", ".join(f"{k}={v}" for k, v in sorted(agent.stats.items())),
+    )
     if fmt == "json":
         print(json.dumps([d.as_json() for d in datums], indent=1))
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
@@ -40,6 +41,9 @@ class VmContext:
     qga_error: str | None = None
     vcpus: int | None = None
     collector_failed: bool = False
+    # Guest (or QEMU) input thrown away this cycle, by reason ("<collector>.<why>"): counted
+    # per VM and in the agent's stats by the framework.
+    rejected: Counter[str] = field(default_factory=Counter)
     cache: dict[str, Any] = field(default_factory=dict)  # per-VM, lives as long as the pid
 
 
@@ -62,24 +66,29 @@ class Emitter:
         spec = CATALOG.get(name)
         if spec is None:
             raise KeyError(f"metric {name!r} is not in the catalog")
-        missing = set(spec.dimensions) - set(spec.optional_dimensions) - set(dims)
-        extra = set(dims) - set(spec.dimensions)
-        if missing or extra:
-            raise ValueError(f"{name}: dimensions {sorted(dims)} differ from the catalog's")
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            self.rejected.append(f"{name}: non-finite value {value!r}")
+        keys = frozenset(dims)
+        if (name, keys) not in _CHECKED:  # each (metric, dimension names) is checked once
+            missing = set(spec.dimensions) - set(spec.optional_dimensions) - keys
+            if missing or keys - set(spec.dimensions):
+                raise ValueError(f"{name}: dimensions {sorted(dims)} differ from the catalog's")
+            _CHECKED.add((name, keys))
+        if value.__class__ not in (int, float) or not math.isfinite(value):
+            self.rejected.append(f"{name}: not a finite number: {value!r}")
             return
         self.datums.append(
             Datum(
-                namespace=self.namespaces[spec.family],
-                name=name,
-                dimensions=tuple(sorted(dims.items())),
-                value=float(value),
-                unit=spec.unit,
-                timestamp=self.timestamp,
-                storage_resolution=self.resolution,
+                self.namespaces[spec.family],
+                name,
+                tuple(sorted(dims.items())),
+                float(value),
+                spec.unit,
+                self.timestamp,
+                self.resolution,
             )
         )
+
+
+_CHECKED: set[tuple[str, frozenset[str]]] = set()
 
 
 class Collector(ABC, Generic[S]):

@@ -91,6 +91,16 @@ class StatusServerSettings:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """hypervisor.limits: per-VM caps on what one guest (or QEMU) can make us report, so one VM
+    cannot blow up cardinality (and its owner's bill). What is cut is counted."""
+
+    max_filesystems: int = 64
+    max_block_devices: int = 64
+    max_interfaces: int = 32
+
+
+@dataclass(frozen=True)
 class Config:
     interval_s: int
     region: str | None
@@ -113,6 +123,8 @@ class Config:
     max_concurrent_vms: int
     proc_root: str
     state_dir: str
+    vm_deadline_s: float = 10.0  # the whole collection of one VM in one cycle
+    limits: Limits = field(default_factory=Limits)
     spool: SpoolSettings = field(default_factory=lambda: SpoolSettings("/var/lib/hiveagent/spool"))
     publish: PublishSettings = field(default_factory=lambda: PublishSettings())
     self_metrics: SelfMetricsSettings = field(default_factory=lambda: SelfMetricsSettings())
@@ -255,6 +267,19 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
         max_concurrent_vms=hyper.get("max_concurrent_vms", 32),
         proc_root=hyper.get("proc_root", "/proc"),
         state_dir=state_dir,
+        vm_deadline_s=float(
+            hyper.get(
+                "vm_deadline_seconds",
+                max(5.0, 2 * (qmp.get("timeout_seconds", 2.0) + qga.get("timeout_seconds", 3.0))),
+            )
+        ),
+        limits=Limits(
+            max_filesystems=hyper.get("limits", {}).get("max_filesystems", Limits.max_filesystems),
+            max_block_devices=hyper.get("limits", {}).get(
+                "max_block_devices", Limits.max_block_devices
+            ),
+            max_interfaces=hyper.get("limits", {}).get("max_interfaces", Limits.max_interfaces),
+        ),
         spool=SpoolSettings(
             directory=spool.get("directory", str(Path(state_dir) / "spool")),
             max_bytes=spool.get("max_bytes", SpoolSettings.max_bytes),

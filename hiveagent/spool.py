@@ -45,6 +45,7 @@ HEADER = struct.Struct("<2sHII")
 MAGIC = b"HR"
 MAX_RECORD_DATUMS = 0xFFFF
 MAX_RECORD_BYTES = 8 << 20
+HOT_CACHE_DATUMS = 50_000  # datums of freshly written records kept in memory, not re-read
 CURSOR = "cursor"
 
 DropCallback = Callable[[int, str, str], None]  # (datums, reason, detail)
@@ -158,6 +159,7 @@ class Spool:
         self.cursor: tuple[int, int] = (0, 0)
         self.disk_ok = True
         self.memory_datums = 0
+        self.cached_datums = 0  # disk records whose datums are also kept in memory
         self.corrupt_records = 0
         self.write_errors = 0
 
@@ -257,8 +259,11 @@ class Spool:
             for r in records:
                 self.memory_datums += r.count
         else:
-            for r in records:
-                r.datums = None  # on disk now; read back when sent
+            for r in records:  # on disk now; the newest stay cached so sending needs no read
+                if self.cached_datums + r.count <= HOT_CACHE_DATUMS:
+                    self.cached_datums += r.count
+                else:
+                    r.datums = None
             if not self.disk_ok:
                 log.warning("spool: writing to %s works again", self.dir)
             self.disk_ok = True
@@ -348,6 +353,8 @@ class Spool:
             return
         if record.segment is None:
             self.memory_datums -= record.count
+        elif record.datums is not None:
+            self.cached_datums -= record.count
 
     def commit(self) -> None:
         """Persist the cursor (the oldest pending disk record) and delete finished segments."""
@@ -394,6 +401,8 @@ class Spool:
             lost = [r for r in self.pending.values() if r.segment == oldest]
             for r in lost:
                 del self.pending[r.seq]
+                if r.datums is not None:
+                    self.cached_datums -= r.count
             count = sum(r.count for r in lost)
             if count:
                 self.on_drop(

@@ -28,6 +28,7 @@ import itertools
 import json
 import logging
 import random
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,15 +131,21 @@ class QgaClient:
 
     # -- connection ---------------------------------------------------------------------------
 
-    async def connect(self) -> None:
-        """Open the socket and resynchronise, within one deadline."""
+    async def connect(self, sock: socket.socket | None = None) -> None:
+        """Open the socket (or use `sock`, already connected: a vsock or a socketpair) and
+        resynchronise, within one deadline."""
         if self.state is not QgaState.DISCONNECTED:
             raise QgaClosedError(f"{self.path}: connect() in state {self.state.value}")
         try:
             async with asyncio.timeout(self.timeout):
-                self._reader, self._writer = await asyncio.open_unix_connection(
-                    self.path, limit=_CHUNK
-                )
+                if sock is not None:
+                    self._reader, self._writer = await asyncio.open_unix_connection(
+                        sock=sock, limit=_CHUNK
+                    )
+                else:
+                    self._reader, self._writer = await asyncio.open_unix_connection(
+                        self.path, limit=_CHUNK
+                    )
         except TimeoutError as exc:
             self.state = QgaState.CLOSED
             raise QgaTimeout(f"{self.path}: connect timed out") from exc

@@ -26,7 +26,7 @@ def test_emitter_refuses_what_the_catalog_lacks() -> None:
     with pytest.raises(ValueError):
         out.emit("NetworkIn", 1.0, {"VolumeId": "vol-1"})
     out.emit("NetworkIn", float("nan"), {"InstanceId": "i-1"})
-    assert out.datums == [] and out.rejected == ["NetworkIn: non-finite value nan"]
+    assert out.datums == [] and out.rejected == ["NetworkIn: not a finite number: nan"]
     out.emit("disk_used", 5, {"InstanceId": "i-1", "path": "/", "fstype": "ext4"})  # device dropped
     [d] = out.datums
     assert (d.namespace, d.unit, d.storage_resolution) == ("CWAgent", "Bytes", 60)

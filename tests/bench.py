@@ -1,0 +1,400 @@
+"""Benchmark: what the agent costs per VM, against N real protocol peers, beside a floor.
+
+    .venv/bin/python -m tests.bench                      # N = 25, 50, 100, 200; prints a table
+    .venv/bin/python -m tests.bench --sizes 25,200 --cycles 10 --markdown BENCHMARKS.md
+
+Peers: N guest-less `qemu-system-x86_64` processes (TCG, no guest OS, each with a virtio-blk
+volume on a null-co node, virtio-serial with a guest agent port, a balloon, its own QMP socket
+and a Spinifex-style sidecar) and N host `qemu-ga` processes in unix-listen mode, named in the
+sidecars as the VMs' guest agents (so guest-get-fsinfo answers with the host's filesystems).
+moto's server is the endpoint.
+
+Each measurement runs in its own child process, so CPU time and peak RSS are its own:
+
+- agent: `Agent.cycle()` with every registered collector, then the datums spooled (fsync) and
+  sent to moto. Two warm-up cycles (connections, priming, guest-info), then `--cycles` measured.
+- floor: the same socket round trips per VM and cycle, done by a minimal asyncio client that
+  parses and computes nothing: QMP query-status, query-chardev and query-blockstats on a
+  long-lived connection; reads of /proc/<pid>/stat and /proc/<pid>/net/dev; a guest agent
+  connection with 0xFF + guest-sync-delimited and guest-get-fsinfo, closed again.
+
+This is a script that prints figures, not a test; figures depend on the machine (it is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.harness import HOST_QGA_BLOCKED, free_port, hex_id, wait_for  # noqa: E402
+
+CONCURRENCY = 32
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+
+
+# -- peers ----------------------------------------------------------------------------------------
+
+
+def start_peers(root: Path, n: int) -> list[subprocess.Popen[bytes]]:
+    """n QEMU + n qemu-ga processes; sidecars for all of them in root/all."""
+    procs: list[subprocess.Popen[bytes]] = []
+    (root / "all").mkdir(parents=True)
+    for i in range(n):
+        d = root / f"vm{i}"
+        d.mkdir()
+        vol = hex_id("vol", 0x5000 + i)
+        procs.append(
+            subprocess.Popen(
+                [
+                    "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "qemu64",
+                    "-m", "32", "-smp", "1", "-nodefaults", "-display", "none",
+                    "-no-user-config",
+                    "-qmp", f"unix:{d}/qmp.sock,server=on,wait=off",
+                    "-blockdev", f"driver=null-co,node-name=nbd-{vol},size=67108864",
+                    "-device", f"virtio-blk-pci,drive=nbd-{vol},id=vdisk-{vol}",
+                    "-device", "virtio-serial-pci",
+                    "-chardev", f"socket,path={d}/port.sock,server=on,wait=off,id=qga0",
+                    "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+                    "-device", "virtio-balloon-pci,id=balloon0",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+        (d / "ga").mkdir()
+        procs.append(
+            subprocess.Popen(
+                [
+                    "qemu-ga",
+                    "-m",
+                    "unix-listen",
+                    "-p",
+                    f"{d}/qga.sock",
+                    "-t",
+                    f"{d}/ga",
+                    "-b",
+                    HOST_QGA_BLOCKED,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    for i in range(n):
+        d = root / f"vm{i}"
+        wait_for(
+            lambda d=d: (d / "qmp.sock").exists() and (d / "qga.sock").exists(), 60, f"peer {i}"
+        )
+        instance_id = hex_id("i", 0x5000 + i)
+        (root / "all" / f"qmp-telemetry-{instance_id}.json").write_text(
+            json.dumps(
+                {
+                    "instance_id": instance_id,
+                    "account_id": "000000000000",
+                    "vcpus": 1,
+                    "period_seconds": 60,
+                    "taps": [],
+                    "socket": str(d / "qmp.sock"),
+                    "qga_socket": str(d / "qga.sock"),
+                }
+            )
+        )
+    return procs
+
+
+def run_dir_for(root: Path, n: int) -> Path:
+    """A run directory with the first n sidecars."""
+    d = root / f"run{n}"
+    d.mkdir(exist_ok=True)
+    for p in sorted((root / "all").glob("*.json"))[:n]:
+        shutil.copy(p, d / p.name)
+    return d
+
+
+def start_moto(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=open(root / "moto.log", "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+    import socket
+
+    def up() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for(up, 30, "moto")
+    return p, f"http://127.0.0.1:{port}"
+
+
+# -- the measured children --------------------------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak RSS (VmHWM). getrusage's ru_maxrss would include the forking
+    parent's RSS on Linux."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def measure_agent(
+    run_dir: str, cycles: int, endpoint: str, state: str, profile: str | None = None
+) -> dict[str, Any]:
+    from hiveagent.agent import Agent
+    from hiveagent.config import parse_config
+    from hiveagent.publisher import Publisher, make_client
+    from hiveagent.spool import Spool
+
+    config = parse_config(
+        {
+            "agent": {"metrics_collection_interval": 60, "region": "us-east-1"},
+            "metrics": {
+                "endpoint_override": endpoint,
+                "metrics_collected": {"disk": {"resources": ["*"]}},
+            },
+            "hypervisor": {
+                "discovery": {"spinifex": {"run_dir": run_dir}},
+                "state_dir": state,
+                "max_concurrent_vms": CONCURRENCY,
+                "status_server": {"enabled": False},
+            },
+        }
+    )
+    agent = Agent(config)
+    spool = Spool(config.spool.directory)
+    spool.open()
+    publisher = Publisher(make_client(config.region, endpoint), spool, config.publish)
+    for _ in range(2):
+        publisher.add(await agent.cycle())
+        await publisher.flush()
+    collect_cpu, collect_wall, publish_cpu, publish_wall, counts = [], [], [], [], []
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    for _ in range(cycles):
+        c0, t0 = time.process_time(), time.perf_counter()
+        datums = await agent.cycle()
+        c1, t1 = time.process_time(), time.perf_counter()
+        publisher.add(datums)
+        await publisher.flush()
+        c2, t2 = time.process_time(), time.perf_counter()
+        collect_cpu.append(c1 - c0)
+        collect_wall.append(t1 - t0)
+        publish_cpu.append(c2 - c1)
+        publish_wall.append(t2 - t1)
+        counts.append(len(datums))
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile)
+    vms = len(agent.vms)
+    errors = sum(sum(rt.errors.values()) for rt in agent.vms.values())
+    await agent.close()
+    spool.close()
+    return {
+        "vms": vms,
+        "errors": errors,
+        "datums_per_cycle": statistics.median(counts),
+        "collect_cpu_s": statistics.median(collect_cpu),
+        "collect_wall_s": statistics.median(collect_wall),
+        "collect_wall_max_s": max(collect_wall),
+        "publish_cpu_s": statistics.median(publish_cpu),
+        "publish_wall_s": statistics.median(publish_wall),
+        "sent": publisher.stats["datums_sent"],
+        "publish_errors": publisher.stats["api_errors"],
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+async def measure_floor(run_dir: str, cycles: int) -> dict[str, Any]:
+    sidecars = [json.loads(p.read_text()) for p in sorted(Path(run_dir).glob("*.json"))]
+    limit = asyncio.Semaphore(CONCURRENCY)
+    qmp: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, int]] = []
+    for s in sidecars:
+        reader, writer = await asyncio.open_unix_connection(s["socket"])
+        await reader.readline()  # greeting
+        writer.write(b'{"execute":"qmp_capabilities"}\n')
+        await reader.readline()
+        sock = writer.get_extra_info("socket")
+        import socket as socket_mod
+        import struct
+
+        creds = sock.getsockopt(socket_mod.SOL_SOCKET, socket_mod.SO_PEERCRED, 12)
+        pid = struct.unpack("3i", creds)[0]
+        qmp.append((reader, writer, pid))
+
+    async def reply(reader: asyncio.StreamReader) -> bytes:
+        while True:
+            line = await reader.readline()
+            if b'"return"' in line or b'"error"' in line or not line:
+                return line
+
+    async def one(i: int) -> None:
+        async with limit:
+            reader, writer, pid = qmp[i]
+            for cmd in (b"query-status", b"query-chardev", b"query-blockstats"):
+                writer.write(b'{"execute":"' + cmd + b'"}\n')
+                await reply(reader)
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                f.read()
+            with open(f"/proc/{pid}/net/dev", "rb") as f:
+                f.read()
+            r, w = await asyncio.open_unix_connection(sidecars[i]["qga_socket"])
+            sync_id = random.randrange(1 << 31)
+            w.write(b'\xff{"execute":"guest-sync-delimited","arguments":{"id":%d}}\n' % sync_id)
+            while str(sync_id).encode() not in await r.readline():
+                pass
+            w.write(b'{"execute":"guest-get-fsinfo","id":1}\n')
+            await r.readline()
+            w.close()
+            await w.wait_closed()
+
+    await asyncio.gather(*(one(i) for i in range(len(qmp))))  # warm-up
+    cpu, wall = [], []
+    for _ in range(cycles):
+        c0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(len(qmp))))
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - t0)
+    for _, writer, _ in qmp:
+        writer.close()
+    return {
+        "vms": len(qmp),
+        "cpu_s": statistics.median(cpu),
+        "wall_s": statistics.median(wall),
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def child(kind: str, **kw: Any) -> dict[str, Any]:
+    args = [sys.executable, "-m", "tests.bench", "--child", kind, "--child-args", json.dumps(kw)]
+    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} child failed:\n{out.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), {mem} MiB RAM, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| N VMs | agent CPU / VM / cycle | cycle wall (median / max) | floor CPU / VM / cycle "
+        "| ratio to floor | peak RSS (agent) | datums / cycle | datums/s encoded+sent "
+        "| publish CPU / datum | agent errors |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in rows:
+        a, f = r["agent"], r["floor"]
+        n = a["vms"]
+        per_vm = a["collect_cpu_s"] / n * 1000
+        floor_vm = f["cpu_s"] / f["vms"] * 1000
+        rate = a["datums_per_cycle"] / a["publish_wall_s"] if a["publish_wall_s"] else 0
+        lines.append(
+            f"| {n} | {per_vm:.3f} ms | {a['collect_wall_s'] * 1000:.0f} / "
+            f"{a['collect_wall_max_s'] * 1000:.0f} ms | {floor_vm:.3f} ms | "
+            f"{per_vm / floor_vm:.2f} | {a['peak_rss_mib']:.1f} MiB | "
+            f"{a['datums_per_cycle']:.0f} | {rate:,.0f} | "
+            f"{a['publish_cpu_s'] / a['datums_per_cycle'] * 1e6:.0f} µs | "
+            f"{a['errors'] + a['publish_errors']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="25,50,100,200")
+    parser.add_argument("--cycles", type=int, default=5)
+    parser.add_argument("--markdown", help="append the results table to this file")
+    parser.add_argument("--profile", help="write the agent's cProfile stats to PATH.<N>")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-args", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kw = json.loads(args.child_args)
+        fn = measure_agent if args.child == "agent" else measure_floor
+        print(json.dumps(asyncio.run(fn(**kw))))  # type: ignore[operator]
+        return 0
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    root = Path(tempfile.mkdtemp(prefix="hiveagent-bench-"))
+    print(f"bench: {machine()}")
+    print(f"bench: starting {max(sizes)} QEMU + {max(sizes)} qemu-ga peers in {root}")
+    t0 = time.monotonic()
+    peers = start_peers(root, max(sizes))
+    moto, endpoint = start_moto(root)
+    print(f"bench: peers up in {time.monotonic() - t0:.1f} s")
+    rows = []
+    try:
+        for n in sizes:
+            run_dir = str(run_dir_for(root, n))
+            agent = child(
+                "agent",
+                run_dir=run_dir,
+                cycles=args.cycles,
+                endpoint=endpoint,
+                state=str(root / f"state{n}"),
+                profile=f"{args.profile}.{n}" if args.profile else None,
+            )
+            floor = child("floor", run_dir=run_dir, cycles=args.cycles)
+            rows.append({"agent": agent, "floor": floor})
+            print(f"bench: N={n}: agent {json.dumps(agent)}")
+            print(f"bench: N={n}: floor {json.dumps(floor)}")
+    finally:
+        for p in [*peers, moto]:
+            p.terminate()
+        for p in [*peers, moto]:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(root, ignore_errors=True)
+    report = table(rows)
+    print(report)
+    if args.markdown:
+        with open(args.markdown, "a") as f:
+            f.write(f"\n### {time.strftime('%Y-%m-%d')}, {machine()}\n\n")
+            f.write(f"{args.cycles} measured cycles per size (median shown).\n\n{report}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
