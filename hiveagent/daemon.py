@@ -24,7 +24,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from hiveagent import __version__
-from hiveagent.agent import Agent
+from hiveagent.agent import Agent, settle_memory
 from hiveagent.config import Config, ConfigError, load_config
 from hiveagent.observe import SelfMetrics, observe, prometheus_text
 from hiveagent.publisher import MAX_DATUMS_PER_REQUEST, Publisher, make_client
@@ -225,6 +225,8 @@ class Daemon:
             datums = await self.agent.cycle()
             self.cycles += 1
             self.last_cycle_end = time.monotonic()
+            if self.cycles == 2:
+                settle_memory()
             now = time.monotonic()
             if (
                 self.config.self_metrics.enabled

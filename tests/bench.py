@@ -162,7 +162,7 @@ def peak_rss_mib() -> float:
 async def measure_agent(
     run_dir: str, cycles: int, endpoint: str, state: str, profile: str | None = None
 ) -> dict[str, Any]:
-    from hiveagent.agent import Agent
+    from hiveagent.agent import Agent, settle_memory
     from hiveagent.config import parse_config
     from hiveagent.publisher import Publisher, make_client
     from hiveagent.spool import Spool
@@ -189,6 +189,7 @@ async def measure_agent(
     for _ in range(2):
         publisher.add(await agent.cycle())
         await publisher.flush()
+    settle_memory()  # as the daemon does after its second cycle
     collect_cpu, collect_wall, publish_cpu, publish_wall, counts = [], [], [], [], []
     profiler = None
     if profile:
