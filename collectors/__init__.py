@@ -1,7 +1,11 @@
 """Metric sources. Each module is one collector; this is the one place they are registered."""
 
 from collectors.blockstats import BlockStats
+from collectors.guest_cpu import GuestCpu
 from collectors.guest_disk import GuestDisk
+from collectors.guest_diskio import GuestDiskio
+from collectors.guest_mem import GuestMem
+from collectors.guest_net import GuestNet
 from collectors.process_cpu import ProcessCpu
 from collectors.status import Status
 from collectors.tap_net import TapNet
@@ -13,6 +17,10 @@ REGISTRY: tuple[type[Collector[object]], ...] = (  # type: ignore[assignment]
     TapNet,
     BlockStats,
     GuestDisk,
+    GuestCpu,
+    GuestDiskio,
+    GuestNet,
+    GuestMem,
 )
 
 __all__ = ["REGISTRY"]

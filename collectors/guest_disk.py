@@ -11,9 +11,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from hiveagent.collector import Collector, Emitter, VmContext
+from hiveagent.collector import Collector, Emitter, VmContext, clean_dimension
 
-MAX_FIELD = 1024
 _MAX_BYTES = 1 << 63
 
 
@@ -25,14 +24,6 @@ class FsRecord:
     used: int
     total: int  # used + available to unprivileged users
     total_privileged: int | None  # f_blocks * f_frsize (qemu-ga 9.1+)
-
-
-def _clean(value: Any) -> str | None:
-    """A guest string fit to be a dimension value: printable, 1..1024 characters."""
-    if not isinstance(value, str):
-        return None
-    cleaned = "".join(ch for ch in value if ch.isprintable())[:MAX_FIELD]
-    return cleaned or None
 
 
 def _size(value: Any) -> int | None:
@@ -58,9 +49,9 @@ def parse_fsinfo(
         if not isinstance(entry, dict):
             rejected["fsinfo.not_an_object"] += 1
             continue
-        mountpoint = _clean(entry.get("mountpoint"))
-        device = _clean(entry.get("name"))
-        fstype = _clean(entry.get("type"))
+        mountpoint = clean_dimension(entry.get("mountpoint"))
+        device = clean_dimension(entry.get("name"))
+        fstype = clean_dimension(entry.get("type"))
         used = _size(entry.get("used-bytes"))
         total = _size(entry.get("total-bytes"))
         privileged = _size(entry.get("total-bytes-privileged"))

@@ -38,6 +38,200 @@ _DISK = ("InstanceId", "path", "device", "fstype")
 _DEVICE = ("device",)  # dropped with disk.drop_device
 
 
+_CPU = ("InstanceId", "cpu")
+_DISKIO = ("InstanceId", "name")
+_NET = ("InstanceId", "interface")
+
+
+def _guest(name: str, unit: str, dims: tuple[str, ...], source: str, semantics: str) -> MetricSpec:
+    return MetricSpec(name, Family.GUEST, unit, dims, source, semantics)
+
+
+_CPU_FIELDS = {
+    "idle": "idle",
+    "user": "user (guest time included, as in /proc/stat)",
+    "system": "system",
+    "iowait": "iowait",
+    "nice": "nice",
+    "irq": "irq",
+    "softirq": "softirq",
+    "steal": "steal (time the hypervisor ran something else)",
+    "guest": "guest (running nested guests)",
+    "guest_nice": "guest_nice",
+}
+_GUEST_ROWS = (
+    *(
+        _guest(
+            f"cpu_usage_{field}",
+            "Percent",
+            _CPU,
+            "QGA guest-get-cpustats",
+            f"Share of CPU time in {what} over the period, per CPU (cpuN) and overall "
+            "(cpu-total); the CloudWatch Agent's denominator: user+system+nice+iowait+irq+"
+            "softirq+steal+idle.",
+        )
+        for field, what in _CPU_FIELDS.items()
+    ),
+    _guest(
+        "cpu_usage_active",
+        "Percent",
+        _CPU,
+        "QGA guest-get-cpustats",
+        "100 - usage_idle - usage_iowait over the period.",
+    ),
+    _guest(
+        "diskio_reads",
+        "Count",
+        _DISKIO,
+        "QGA guest-get-diskstats",
+        "Reads completed in the period (read-ios delta).",
+    ),
+    _guest(
+        "diskio_writes",
+        "Count",
+        _DISKIO,
+        "QGA guest-get-diskstats",
+        "Writes completed in the period (write-ios delta).",
+    ),
+    _guest(
+        "diskio_read_bytes",
+        "Bytes",
+        _DISKIO,
+        "QGA guest-get-diskstats",
+        "Bytes read in the period (read-sectors delta * 512).",
+    ),
+    _guest(
+        "diskio_write_bytes",
+        "Bytes",
+        _DISKIO,
+        "QGA guest-get-diskstats",
+        "Bytes written in the period (write-sectors delta * 512).",
+    ),
+    _guest(
+        "diskio_read_time",
+        "Milliseconds",
+        _DISKIO,
+        "QGA guest-get-diskstats",
+        "Time reads spent in the device queue in the period (read-ticks delta).",
+    ),
+    _guest(
+        "diskio_write_time",
+        "Milliseconds",
+        _DISKIO,
+        "QGA guest-get-diskstats",
+        "Time writes spent in the device queue in the period (write-ticks delta).",
+    ),
+    _guest(
+        "diskio_io_time",
+        "Milliseconds",
+        _DISKIO,
+        "QGA guest-get-diskstats",
+        "Time the device was busy in the period (total-ticks delta).",
+    ),
+    _guest(
+        "diskio_iops_in_progress",
+        "Count",
+        _DISKIO,
+        "QGA guest-get-diskstats",
+        "I/O requests in flight when sampled (ios-pgr).",
+    ),
+    _guest(
+        "net_bytes_sent",
+        "Bytes",
+        _NET,
+        "QGA guest-network-get-interfaces",
+        "Bytes the interface sent in the period (tx-bytes delta).",
+    ),
+    _guest(
+        "net_bytes_recv",
+        "Bytes",
+        _NET,
+        "QGA guest-network-get-interfaces",
+        "Bytes the interface received in the period (rx-bytes delta).",
+    ),
+    _guest(
+        "net_packets_sent",
+        "Count",
+        _NET,
+        "QGA guest-network-get-interfaces",
+        "Packets sent in the period (tx-packets delta).",
+    ),
+    _guest(
+        "net_packets_recv",
+        "Count",
+        _NET,
+        "QGA guest-network-get-interfaces",
+        "Packets received in the period (rx-packets delta).",
+    ),
+    _guest(
+        "net_err_in",
+        "Count",
+        _NET,
+        "QGA guest-network-get-interfaces",
+        "Receive errors in the period (rx-errs delta).",
+    ),
+    _guest(
+        "net_err_out",
+        "Count",
+        _NET,
+        "QGA guest-network-get-interfaces",
+        "Transmit errors in the period (tx-errs delta).",
+    ),
+    _guest(
+        "net_drop_in",
+        "Count",
+        _NET,
+        "QGA guest-network-get-interfaces",
+        "Received packets dropped in the period (rx-dropped delta).",
+    ),
+    _guest(
+        "net_drop_out",
+        "Count",
+        _NET,
+        "QGA guest-network-get-interfaces",
+        "Packets dropped on send in the period (tx-dropped delta).",
+    ),
+    _guest(
+        "mem_total",
+        "Bytes",
+        _EC2,
+        "QMP balloon guest-stats",
+        "stat-total-memory: memory the guest kernel manages.",
+    ),
+    _guest(
+        "mem_available",
+        "Bytes",
+        _EC2,
+        "QMP balloon guest-stats",
+        "stat-available-memory: the guest's MemAvailable.",
+    ),
+    _guest("mem_free", "Bytes", _EC2, "QMP balloon guest-stats", "stat-free-memory."),
+    _guest("mem_cached", "Bytes", _EC2, "QMP balloon guest-stats", "stat-disk-caches: page cache."),
+    _guest(
+        "mem_used",
+        "Bytes",
+        _EC2,
+        "QMP balloon guest-stats",
+        "total - free - cached (the CloudWatch Agent's used; the balloon reports no "
+        "buffers figure).",
+    ),
+    _guest(
+        "mem_used_percent",
+        "Percent",
+        _EC2,
+        "QMP balloon guest-stats",
+        "mem_used / mem_total * 100.",
+    ),
+    _guest(
+        "mem_available_percent",
+        "Percent",
+        _EC2,
+        "QMP balloon guest-stats",
+        "mem_available / mem_total * 100.",
+    ),
+)
+
+
 def _self(name: str, unit: str, semantics: str, dims: tuple[str, ...] = ()) -> MetricSpec:
     return MetricSpec(name, Family.SELF, unit, dims, "the agent itself", semantics)
 
@@ -238,6 +432,7 @@ CATALOG: dict[str, MetricSpec] = {
             "Used bytes: (f_blocks - f_bfree) * f_frsize.",
             _DEVICE,
         ),
+        *_GUEST_ROWS,
         _self("DatumsCollected", "Count", "Datums collected from VMs in the period."),
         _self("DatumsSent", "Count", "Datums the endpoint accepted in the period."),
         _self(

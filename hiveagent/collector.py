@@ -47,6 +47,25 @@ class VmContext:
     cache: dict[str, Any] = field(default_factory=dict)  # per-VM, lives as long as the pid
 
 
+MAX_DIMENSION_VALUE = 1024
+
+
+def clean_dimension(value: Any) -> str | None:
+    """A guest-supplied string fit to be a dimension value: printable characters only (no
+    control characters, no lone surrogates), 1..1024 of them; None when nothing is left."""
+    if not isinstance(value, str):
+        return None
+    cleaned = "".join(ch for ch in value if ch.isprintable())[:MAX_DIMENSION_VALUE]
+    return cleaned or None
+
+
+def guest_counter(value: Any) -> int | None:
+    """A guest-supplied cumulative counter: an integer in [0, 2^64), else None."""
+    if value.__class__ is not int or not 0 <= value < 1 << 64:
+        return None
+    return int(value)
+
+
 class Emitter:
     """Builds Datums for one VM, checking each against the catalog."""
 

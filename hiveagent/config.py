@@ -20,6 +20,22 @@ from jsonschema.exceptions import ValidationError
 DEFAULT_INTERVAL_S = 60
 DEFAULT_SPINIFEX_RUN_DIR = "/run/spinifex"
 DISK_MEASUREMENTS = ("used_percent", "free", "total", "used")
+# The CloudWatch Agent's measurement names per in-guest plugin (without the plugin prefix).
+PLUGIN_MEASUREMENTS: dict[str, tuple[str, ...]] = {
+    "cpu": (
+        "usage_idle", "usage_user", "usage_system", "usage_iowait", "usage_nice", "usage_irq",
+        "usage_softirq", "usage_steal", "usage_guest", "usage_guest_nice", "usage_active",
+    ),
+    "diskio": (
+        "reads", "writes", "read_bytes", "write_bytes", "read_time", "write_time", "io_time",
+        "iops_in_progress",
+    ),
+    "net": (
+        "bytes_sent", "bytes_recv", "packets_sent", "packets_recv", "err_in", "err_out",
+        "drop_in", "drop_out",
+    ),
+    "mem": ("used_percent", "available_percent", "total", "available", "used", "free", "cached"),
+}  # fmt: skip
 
 
 class ConfigError(Exception):
@@ -38,6 +54,19 @@ class DiskPlugin:
 
     def wants_mount(self, mountpoint: str) -> bool:
         return "*" in self.resources or mountpoint in self.resources
+
+
+@dataclass(frozen=True)
+class GuestPlugin:
+    """metrics.metrics_collected.<cpu|diskio|net|mem>: in-guest metrics through the guest
+    agent (mem: the balloon through QMP)."""
+
+    metrics: tuple[str, ...]  # full CloudWatch Agent names, e.g. "cpu_usage_user"
+    resources: tuple[str, ...]  # CPUs / devices / interfaces; ("*",) = all
+    totalcpu: bool = True  # cpu only: the cpu=cpu-total series
+
+    def wants(self, resource: str) -> bool:
+        return "*" in self.resources or resource in self.resources
 
 
 @dataclass(frozen=True)
@@ -98,6 +127,8 @@ class Limits:
     max_filesystems: int = 64
     max_block_devices: int = 64
     max_interfaces: int = 32
+    max_cpus: int = 256
+    max_disks: int = 64  # in-guest block devices (diskio)
 
 
 @dataclass(frozen=True)
@@ -123,6 +154,11 @@ class Config:
     max_concurrent_vms: int
     proc_root: str
     state_dir: str
+    cpu: GuestPlugin | None = None
+    diskio: GuestPlugin | None = None
+    net: GuestPlugin | None = None
+    mem: GuestPlugin | None = None
+    balloon_polling_interval_s: int | None = None  # qom-set it when the guest has none
     vm_deadline_s: float = 10.0  # the whole collection of one VM in one cycle
     limits: Limits = field(default_factory=Limits)
     spool: SpoolSettings = field(default_factory=lambda: SpoolSettings("/var/lib/hiveagent/spool"))
@@ -207,6 +243,25 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
                 "the same metric is named twice (with and without the disk_ prefix)"
             )
 
+    plugins: dict[str, GuestPlugin | None] = {}
+    for plugin, names in PLUGIN_MEASUREMENTS.items():
+        if plugin not in collected:
+            plugins[plugin] = None
+            continue
+        c = collected[plugin]
+        wanted = c.get("measurement", list(names))
+        full = tuple(n if n.startswith(f"{plugin}_") else f"{plugin}_{n}" for n in wanted)
+        if len(set(full)) != len(full):
+            raise ConfigError(
+                f"{source}: $.metrics.metrics_collected.{plugin}.measurement: "
+                f"the same metric is named twice (with and without the {plugin}_ prefix)"
+            )
+        default_resources = [] if plugin == "cpu" else ["*"]
+        plugins[plugin] = GuestPlugin(
+            metrics=full,
+            resources=tuple(c.get("resources", default_resources)),
+            totalcpu=c.get("totalcpu", True),
+        )
     discovery = hyper.get("discovery", {})
     spinifex = discovery.get("spinifex", {})
     spinifex_dir = (
@@ -267,6 +322,11 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
         max_concurrent_vms=hyper.get("max_concurrent_vms", 32),
         proc_root=hyper.get("proc_root", "/proc"),
         state_dir=state_dir,
+        cpu=plugins["cpu"],
+        diskio=plugins["diskio"],
+        net=plugins["net"],
+        mem=plugins["mem"],
+        balloon_polling_interval_s=hyper.get("balloon", {}).get("set_polling_interval_seconds"),
         vm_deadline_s=float(
             hyper.get(
                 "vm_deadline_seconds",
@@ -279,6 +339,8 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
                 "max_block_devices", Limits.max_block_devices
             ),
             max_interfaces=hyper.get("limits", {}).get("max_interfaces", Limits.max_interfaces),
+            max_cpus=hyper.get("limits", {}).get("max_cpus", Limits.max_cpus),
+            max_disks=hyper.get("limits", {}).get("max_disks", Limits.max_disks),
         ),
         spool=SpoolSettings(
             directory=spool.get("directory", str(Path(state_dir) / "spool")),

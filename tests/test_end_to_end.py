@@ -44,6 +44,9 @@ def run_result(
     )
     assert rc == 0, out
     _fs, _blocks, used, avail, *_ = out.split()
+    rc, meminfo = asyncio.run(guest_exec(vm.qga_socket, "grep MemTotal /proc/meminfo"))
+    assert rc == 0, meminfo
+    mem_total = int(meminfo.split()[1]) * 1024
     cfg_path = tmp_path_factory.mktemp("e2e") / "agent.json"
     cfg = json.loads((REPO / "agent.json").read_text())
     cfg["agent"]["metrics_collection_interval"] = 2
@@ -55,13 +58,14 @@ def run_result(
     cfg_path.write_text(json.dumps(cfg))
     t0 = time.time()
     agent = subprocess.Popen(
-        [sys.executable, "-m", "hiveagent", "run", "-c", str(cfg_path), "--cycles", "8"],
+        [sys.executable, "-m", "hiveagent", "run", "-c", str(cfg_path), "--cycles", "12"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     time.sleep(5)  # at least two cycles: counters primed
+    t_burn = time.time()
     rc, out = asyncio.run(
         guest_exec(
             vm.qga_socket,
@@ -70,10 +74,13 @@ def run_result(
                 " && arping -c 3 -w 5 -I eth0 169.254.77.77 >/dev/null 2>&1; true"
                 if vm.taps
                 else ""
-            ),
+            )
+            # A CPU burn on one vCPU for 5 s, longer than two 2 s periods.
+            + "; timeout 5 dd if=/dev/zero of=/dev/null bs=64k; echo burn $?",
         )
     )
-    assert rc == 0, out
+    assert rc == 0 and "burn" in out, out
+    burn = (t_burn, time.time(), out)
     log, _ = agent.communicate(timeout=120)
     assert agent.returncode == 0, log
     return {
@@ -81,6 +88,8 @@ def run_result(
         "t0": t0,
         "t1": time.time(),
         "used": int(used),
+        "mem_total": mem_total,
+        "burn": burn,
         "avail": int(avail),
         "client": make_client("us-east-1", moto_url),
         "log": log,
@@ -158,7 +167,7 @@ def test_status_cpu_and_timestamps(run_result: dict[str, Any]) -> None:
     system = fetch(run_result, "Hive/EC2", "StatusCheckFailed_System", inst, "Count", "Maximum")
     assert system and max(v for _, v in system) == 0
     samples = fetch(run_result, "Hive/EC2", "StatusCheckFailed", inst, "Count", "SampleCount")
-    assert total(samples) == 8  # one per cycle
+    assert total(samples) == 12  # one per cycle
     cpu = fetch(run_result, "Hive/EC2", "CPUUtilization", inst, "Percent", "Average")
     assert cpu and all(0 < v <= 100 for _, v in cpu)
     lo = datetime.fromtimestamp(run_result["t0"], UTC) - timedelta(seconds=60)
@@ -196,3 +205,50 @@ def test_catalog_both_ways(run_result: dict[str, Any]) -> None:
             }:
                 landed.add(m["MetricName"])
     assert landed == {name for name, spec in CATALOG.items() if spec.family is not Family.SELF}
+
+
+def test_guest_diskio_matches_known_workload(run_result: dict[str, Any]) -> None:
+    inst = run_result["vm"].instance_id
+    dims = {"InstanceId": inst, "name": "vdb"}
+    assert total(fetch(run_result, "CWAgent", "diskio_write_bytes", dims, "Bytes")) == 1 << 20
+    assert total(fetch(run_result, "CWAgent", "diskio_writes", dims, "Count")) == 256
+    assert total(fetch(run_result, "CWAgent", "diskio_write_time", dims, "Milliseconds")) > 0
+    assert total(fetch(run_result, "CWAgent", "diskio_reads", dims, "Count")) == 0
+
+
+def test_guest_cpu_sees_the_burn(run_result: dict[str, Any]) -> None:
+    """A dd burning one vCPU for 5 s (two whole periods) shows on one CPU, and cpu-total is the
+    mean of the two CPUs. The values are the guest's own /proc/stat accounting: under TCG the
+    busy vCPU's thread shares a host CPU and the guest counts it about half busy (seen: 51%);
+    under KVM it would be about 100%."""
+    inst = run_result["vm"].instance_id
+
+    def peak(metric: str, cpu: str) -> float:
+        points = fetch(run_result, "CWAgent", metric, {"InstanceId": inst, "cpu": cpu},
+                       "Percent", "Maximum")  # fmt: skip
+        return max(v for _, v in points)
+
+    busy = max(peak("cpu_usage_active", "cpu0"), peak("cpu_usage_active", "cpu1"))
+    assert busy > 40
+    total = peak("cpu_usage_active", "cpu-total")
+    assert busy / 2 - 5 < total < busy / 2 + 5
+    system = max(peak("cpu_usage_system", "cpu0"), peak("cpu_usage_system", "cpu1"))
+    assert system > 40  # dd from /dev/zero to /dev/null runs in the kernel
+
+
+def test_guest_memory_from_the_balloon(run_result: dict[str, Any]) -> None:
+    dims = {"InstanceId": run_result["vm"].instance_id}
+    [(_, total_max)] = fetch(run_result, "CWAgent", "mem_total", dims, "Bytes", "Maximum")[:1]
+    assert total_max == run_result["mem_total"]  # MemTotal in the guest's /proc/meminfo
+    used = fetch(run_result, "CWAgent", "mem_used_percent", dims, "Percent", "Average")
+    assert used and all(0 < v < 100 for _, v in used)
+
+
+@pytest.mark.skipif(not ROOT, reason="tap devices need root")
+def test_guest_net_matches_the_tap(run_result: dict[str, Any]) -> None:
+    inst = run_result["vm"].instance_id
+    dims = {"InstanceId": inst, "interface": "eth0"}
+    sent = total(fetch(run_result, "CWAgent", "net_packets_sent", dims, "Count"))
+    assert sent >= 3  # the ARP requests
+    assert total(fetch(run_result, "CWAgent", "net_bytes_sent", dims, "Bytes")) >= 3 * 42
+    assert total(fetch(run_result, "CWAgent", "net_packets_recv", dims, "Count")) == 0

@@ -1,0 +1,163 @@
+"""In-guest metric formulas against recorded real replies (tests/data/qemu-7.2) and the
+collectors' emit() on pairs of them: CloudWatch Agent names, units and semantics."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import pytest
+from conftest import recorded
+
+from collectors.guest_cpu import CpuSample, GuestCpu, cpu_usage, parse_cpustats, total_of
+from collectors.guest_diskio import DiskioSample, GuestDiskio, parse_diskstats
+from collectors.guest_mem import UNSET, mem_values, parse_guest_stats
+from collectors.guest_net import GuestNet, NetSample, parse_interfaces
+from hiveagent.collector import Emitter, VmContext
+from hiveagent.config import parse_config
+from hiveagent.discovery import VmSpec
+from hiveagent.qmp import QmpSession
+
+
+def ctx_for(collected: dict[str, object]) -> VmContext:
+    config = parse_config({"metrics": {"metrics_collected": collected}})
+    spec = VmSpec(instance_id="i-0123456789abcdef0", qmp_socket="/x", qga_socket=None,
+                  vcpus=2, taps=None, account_id=None, period_s=None, origin="test")  # fmt: skip
+    return VmContext(spec=spec, config=config, qmp=QmpSession("/x", timeout=1), pid=1)
+
+
+def by_series(out: Emitter) -> dict[tuple[str, str], float]:
+    return {(d.name, ",".join(v for k, v in d.dimensions if k != "InstanceId")): d.value
+            for d in out.datums}  # fmt: skip
+
+
+def test_cpustats_recorded_reply() -> None:
+    cpus = parse_cpustats(recorded("qga-guest-get-cpustats"))
+    assert sorted(cpus) == [0, 1]
+    assert cpus[0]["user"] == 3550 and cpus[1]["idle"] == 27720
+
+
+def test_cpu_usage_shares_of_the_period() -> None:
+    prev = parse_cpustats(recorded("qga-guest-get-cpustats"))
+    cur = copy.deepcopy(prev)
+    cur[0].update(user=prev[0]["user"] + 600, idle=prev[0]["idle"] + 300,
+                  iowait=prev[0]["iowait"] + 100, guest=prev[0]["guest"] + 50)  # fmt: skip
+    cur[1].update(idle=prev[1]["idle"] + 1000)
+    u0 = cpu_usage(prev[0], cur[0])
+    assert u0 is not None
+    assert u0["cpu_usage_user"] == pytest.approx(60.0)
+    assert u0["cpu_usage_idle"] == pytest.approx(30.0)
+    assert u0["cpu_usage_iowait"] == pytest.approx(10.0)
+    assert u0["cpu_usage_guest"] == pytest.approx(5.0)  # inside user, not added to the total
+    assert u0["cpu_usage_active"] == pytest.approx(60.0)
+    total = cpu_usage(total_of(prev), total_of(cur))
+    assert total is not None and total["cpu_usage_user"] == pytest.approx(30.0)
+    assert total["cpu_usage_idle"] == pytest.approx(65.0)
+    # A reboot (counters back to small values) is not a value.
+    assert cpu_usage(cur[0], prev[0]) is None
+
+
+def test_cpu_collector_total_and_per_cpu() -> None:
+    prev = CpuSample(parse_cpustats(recorded("qga-guest-get-cpustats")))
+    cur_cpus = copy.deepcopy(prev.cpus)
+    cur_cpus[1]["system"] += 100
+    cur_cpus[1]["idle"] += 100
+    cur_cpus[0]["idle"] += 200
+    cur = CpuSample(cur_cpus)
+    ctx = ctx_for({"cpu": {"resources": ["*"], "measurement": ["usage_system", "cpu_usage_idle"]}})
+    out = Emitter(ctx.config, 1.0)
+    GuestCpu().emit(prev, cur, ctx, out)
+    assert by_series(out) == {
+        ("cpu_usage_system", "cpu-total"): 25.0, ("cpu_usage_idle", "cpu-total"): 75.0,
+        ("cpu_usage_system", "cpu0"): 0.0, ("cpu_usage_idle", "cpu0"): 100.0,
+        ("cpu_usage_system", "cpu1"): 50.0, ("cpu_usage_idle", "cpu1"): 50.0,
+    }  # fmt: skip
+    assert {d.unit for d in out.datums} == {"Percent"}
+    # Defaults: only cpu-total (no resources), every measurement; first sample only primes.
+    ctx = ctx_for({"cpu": {}})
+    out = Emitter(ctx.config, 1.0)
+    GuestCpu().emit(None, cur, ctx, out)
+    assert out.datums == []
+    GuestCpu().emit(prev, cur, ctx, out)
+    assert {k[1] for k in by_series(out)} == {"cpu-total"} and len(out.datums) == 11
+
+
+def test_diskio_recorded_reply_and_deltas() -> None:
+    disks = parse_diskstats(recorded("qga-guest-get-diskstats"))
+    # The recorded guest wrote 512 x 4 KiB to vdb before capture (see the data README).
+    assert disks["vdb"]["write-ios"] == 512 and disks["vdb"]["write-sectors"] == 4096
+    prev = DiskioSample(disks)
+    cur_disks = copy.deepcopy(disks)
+    cur_disks["vdb"]["write-ios"] += 256
+    cur_disks["vdb"]["write-sectors"] += 2048
+    cur_disks["vdb"]["total-ticks"] += 40
+    cur_disks["vdb"]["ios-pgr"] = 3
+    ctx = ctx_for({"diskio": {"resources": ["vdb"]}})
+    out = Emitter(ctx.config, 1.0)
+    GuestDiskio().emit(prev, DiskioSample(cur_disks), ctx, out)
+    got = by_series(out)
+    assert got[("diskio_writes", "vdb")] == 256
+    assert got[("diskio_write_bytes", "vdb")] == 1024 * 1024
+    assert got[("diskio_io_time", "vdb")] == 40
+    assert got[("diskio_iops_in_progress", "vdb")] == 3
+    assert got[("diskio_reads", "vdb")] == 0
+    assert {k[1] for k in got} == {"vdb"}  # resources filter
+    units = {d.name: d.unit for d in out.datums}
+    assert units["diskio_write_time"] == "Milliseconds" and units["diskio_write_bytes"] == "Bytes"
+
+
+def test_net_recorded_reply_and_deltas() -> None:
+    ifaces = parse_interfaces(recorded("qga-guest-network-get-interfaces"))
+    assert set(ifaces) == {"lo", "eth0"} and ifaces["eth0"]["tx-bytes"] == 692
+    cur = copy.deepcopy(ifaces)
+    cur["eth0"]["tx-packets"] += 3
+    cur["eth0"]["tx-bytes"] += 126
+    ctx = ctx_for({"net": {"resources": ["eth0"]}})
+    out = Emitter(ctx.config, 1.0)
+    GuestNet().emit(NetSample(ifaces), NetSample(cur), ctx, out)
+    got = by_series(out)
+    assert got[("net_packets_sent", "eth0")] == 3 and got[("net_bytes_sent", "eth0")] == 126
+    assert got[("net_bytes_recv", "eth0")] == 0 and len(got) == 8
+
+
+def test_mem_from_recorded_balloon_stats() -> None:
+    s = parse_guest_stats(recorded("qmp-qom-get-balloon0-guest-stats"))
+    assert s is not None
+    v = mem_values(s)
+    assert v["mem_total"] == 213463040 and v["mem_available"] == 172027904
+    assert v["mem_used"] == 213463040 - 163909632 - 16703488
+    assert v["mem_used_percent"] == pytest.approx(100 * v["mem_used"] / 213463040)
+    assert v["mem_available_percent"] == pytest.approx(100 * 172027904 / 213463040)
+
+
+def test_mem_no_data_is_never_a_value() -> None:
+    reply = recorded("qmp-qom-get-balloon0-guest-stats")
+    assert parse_guest_stats({**reply, "last-update": 0}) is None  # never reported
+    unset = copy.deepcopy(reply)
+    unset["stats"]["stat-available-memory"] = UNSET
+    unset["stats"]["stat-disk-caches"] = UNSET
+    s = parse_guest_stats(unset)
+    assert s is not None
+    v = mem_values(s)
+    assert "mem_available" not in v and "mem_used" not in v and "mem_cached" not in v
+    assert v["mem_total"] == 213463040 and v["mem_free"] == 163909632
+    unset["stats"]["stat-total-memory"] = UNSET
+    s = parse_guest_stats(unset)
+    assert s is not None and mem_values(s) == {}
+
+
+def test_guest_caps_and_rejections() -> None:
+    rejected: Counter[str] = Counter()
+    fields = dict.fromkeys(
+        ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"), 1
+    )
+    cpus: list[object] = [{"cpu": i, "type": "linux", **fields} for i in range(10)]
+    cpus += [{"cpu": 3, "type": "linux", **fields}, {"cpu": 11, "type": "linux"}]
+    cpus += [{"cpu": -1, "type": "linux", **fields}, {"type": "windows"}]
+    assert len(parse_cpustats(cpus, 4, rejected)) == 4
+    assert rejected == Counter({"cpustats.over_limit": 10})
+    rejected.clear()
+    assert sorted(parse_cpustats([*cpus[8:], cpus[8]], 10, rejected)) == [3, 8, 9]
+    assert rejected == Counter(
+        {"cpustats.bad_cpu": 2, "cpustats.bad_counter": 1, "cpustats.not_linux": 1}
+    )
