@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hiveagent.collector import Collector, Emitter, VmContext
@@ -34,6 +34,7 @@ class BlockSample:
     pid: int
     mono_s: float
     devices: dict[str, dict[str, int]]  # device name -> counters
+    idle_ns: dict[str, int] = field(default_factory=dict)  # QEMU's idle_time_ns, when known
 
 
 def device_name(entry: dict[str, Any]) -> str | None:
@@ -55,6 +56,18 @@ def device_name(entry: dict[str, Any]) -> str | None:
 def volume_id(device: str, instance_id: str) -> str:
     m = _VOL_RE.search(device)
     return m.group(0) if m else f"{instance_id}:{device}"
+
+
+def parse_idle_ns(reply: Any) -> dict[str, int]:
+    """Device name -> idle_time_ns (nanoseconds since its last I/O; absent before the first)."""
+    out: dict[str, int] = {}
+    for entry in reply if isinstance(reply, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("stats"), dict):
+            continue
+        name, v = device_name(entry), entry["stats"].get("idle_time_ns")
+        if name is not None and v.__class__ is int and 0 <= v <= _U64_MAX:
+            out[name] = v
+    return out
 
 
 def parse_blockstats(
@@ -89,9 +102,24 @@ def parse_blockstats(
     return out
 
 
-def volume_values(d: dict[str, int], period_s: float) -> dict[str, float]:
+def idle_time_s(d: dict[str, int], period_s: float, idle_ns: int | None) -> float:
+    """VolumeIdleTime: seconds without I/O in the period. QEMU keeps no cumulative idle
+    counter: with no operation in the period it is exactly the period; otherwise the best
+    estimate QEMU offers is the time since the last operation (`idle_time_ns`), a lower bound
+    (idle gaps between operations earlier in the period are not counted)."""
+    if d["rd_operations"] == 0 and d["wr_operations"] == 0:
+        return period_s
+    if idle_ns is None:
+        return 0.0
+    return min(period_s, idle_ns / 1e9)
+
+
+def volume_values(
+    d: dict[str, int], period_s: float, idle_ns: int | None = None
+) -> dict[str, float]:
     """Per-period EBS values from one device's counter deltas."""
     return {
+        "VolumeIdleTime": idle_time_s(d, period_s, idle_ns),
         "VolumeReadOps": d["rd_operations"],
         "VolumeWriteOps": d["wr_operations"],
         "VolumeReadBytes": d["rd_bytes"],
@@ -113,7 +141,8 @@ class BlockStats(Collector[BlockSample]):
         assert ctx.pid is not None
         reply = await ctx.qmp.execute("query-blockstats")
         devices = parse_blockstats(reply, ctx.config.limits.max_block_devices, ctx.rejected)
-        return BlockSample(ctx.pid, time.monotonic(), devices)
+        idle = {k: v for k, v in parse_idle_ns(reply).items() if k in devices}
+        return BlockSample(ctx.pid, time.monotonic(), devices, idle)
 
     def emit(
         self, prev: BlockSample | None, cur: BlockSample, ctx: VmContext, out: Emitter
@@ -129,7 +158,7 @@ class BlockStats(Collector[BlockSample]):
         if ctx.config.ebs_enabled:
             for device, d in deltas.items():
                 dims = {"VolumeId": volume_id(device, ctx.spec.instance_id)}
-                for name, value in volume_values(d, period).items():
+                for name, value in volume_values(d, period, cur.idle_ns.get(device)).items():
                     out.emit(name, value, dims)
         if ctx.config.ec2_enabled:
             dims = {"InstanceId": ctx.spec.instance_id}

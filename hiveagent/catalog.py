@@ -386,6 +386,16 @@ CATALOG: dict[str, MetricSpec] = {
             "Sum of the latencies of the writes completed in the period.",
         ),
         MetricSpec(
+            "VolumeIdleTime",
+            Family.EBS,
+            "Seconds",
+            _EBS,
+            "QMP query-blockstats",
+            "Seconds without I/O in the period: exactly the period when no operation "
+            "happened; otherwise QEMU's idle_time_ns (time since the last operation), a lower "
+            "bound, capped at the period.",
+        ),
+        MetricSpec(
             "VolumeQueueLength",
             Family.EBS,
             "Count",

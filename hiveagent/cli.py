@@ -74,6 +74,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"guest {config.guest_namespace}"
     )
     print(f"  endpoint: {redact_url(config.endpoint_override) or 'the region default'}")
+    for where, ns in (
+        ("metrics.namespace", config.guest_namespace),
+        ("hypervisor.ec2.namespace", config.ec2_namespace),
+        ("hypervisor.ebs.namespace", config.ebs_namespace),
+        ("hypervisor.self_metrics.namespace", config.self_metrics.namespace),
+    ):
+        if ns.startswith("AWS/"):
+            print(
+                f"warning: $.{where}: {ns!r} is a reserved namespace; AWS CloudWatch and "
+                "private clouds such as Spinifex reject PutMetricData to AWS/ namespaces"
+            )
     print(
         f"  discovery: spinifex {config.spinifex_run_dir or 'off'}, "
         f"generic patterns {len(config.generic)}"

@@ -161,3 +161,31 @@ def test_guest_caps_and_rejections() -> None:
     assert rejected == Counter(
         {"cpustats.bad_cpu": 2, "cpustats.bad_counter": 1, "cpustats.not_linux": 1}
     )
+
+
+def test_volume_idle_time() -> None:
+    from collectors.blockstats import idle_time_s
+
+    quiet = dict.fromkeys(("rd_operations", "wr_operations"), 0)
+    busy = {"rd_operations": 0, "wr_operations": 4}
+    assert idle_time_s(quiet, 60.0, None) == 60.0  # exact: no I/O in the period
+    assert idle_time_s(quiet, 60.0, 5_000_000_000) == 60.0
+    assert idle_time_s(busy, 60.0, 12_500_000_000) == 12.5  # since the last operation
+    assert idle_time_s(busy, 60.0, 90_000_000_000) == 60.0  # capped at the period
+    assert idle_time_s(busy, 60.0, None) == 0.0
+
+
+def test_check_config_warns_on_reserved_namespaces(tmp_path: object) -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import REPO
+
+    cfg = Path(str(tmp_path)) / "agent.json"
+    cfg.write_text(json.dumps({"hypervisor": {"ec2": {"namespace": "AWS/EC2"}}}))
+    r = subprocess.run([sys.executable, "-m", "hiveagent", "check-config", "-c", str(cfg)],
+                       cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0
+    assert "warning: $.hypervisor.ec2.namespace: 'AWS/EC2' is a reserved namespace" in r.stdout
