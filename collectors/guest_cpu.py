@@ -80,6 +80,9 @@ class GuestCpu(Collector[CpuSample]):
     def enabled(self, config: object) -> bool:
         return getattr(config, "cpu", None) is not None
 
+    def interval_s(self, config: Any) -> int | None:
+        return config.cpu.interval_s if config.cpu is not None else None
+
     async def sample(self, ctx: VmContext) -> CpuSample:
         assert ctx.qga is not None
         reply = await ctx.qga.execute("guest-get-cpustats")

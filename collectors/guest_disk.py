@@ -97,6 +97,9 @@ class GuestDisk(Collector[list[FsRecord]]):
     def enabled(self, config: object) -> bool:
         return getattr(config, "disk", None) is not None
 
+    def interval_s(self, config: Any) -> int | None:
+        return config.disk.interval_s if config.disk is not None else None
+
     async def sample(self, ctx: VmContext) -> list[FsRecord]:
         assert ctx.qga is not None
         reply = await ctx.qga.execute("guest-get-fsinfo")

@@ -62,6 +62,9 @@ class GuestDiskio(Collector[DiskioSample]):
     def enabled(self, config: object) -> bool:
         return getattr(config, "diskio", None) is not None
 
+    def interval_s(self, config: Any) -> int | None:
+        return config.diskio.interval_s if config.diskio is not None else None
+
     async def sample(self, ctx: VmContext) -> DiskioSample:
         assert ctx.qga is not None
         reply = await ctx.qga.execute("guest-get-diskstats")

@@ -99,6 +99,9 @@ class GuestMem(Collector[MemSample | None]):
     def enabled(self, config: object) -> bool:
         return getattr(config, "mem", None) is not None
 
+    def interval_s(self, config: Any) -> int | None:
+        return config.mem.interval_s if config.mem is not None else None
+
     async def sample(self, ctx: VmContext) -> MemSample | None:
         path = await find_balloon(ctx)
         if path is None:

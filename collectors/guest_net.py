@@ -66,6 +66,9 @@ class GuestNet(Collector[NetSample]):
     def enabled(self, config: object) -> bool:
         return getattr(config, "net", None) is not None
 
+    def interval_s(self, config: Any) -> int | None:
+        return config.net.interval_s if config.net is not None else None
+
     async def sample(self, ctx: VmContext) -> NetSample:
         assert ctx.qga is not None
         reply = await ctx.qga.execute("guest-network-get-interfaces")

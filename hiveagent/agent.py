@@ -29,6 +29,7 @@ from hiveagent.qmp import (
     find_guest_agent_chardev,
     parse_query_chardev,
 )
+from hiveagent.shaping import MetadataFiles, plugin_shaping, shape, vm_dimensions
 from qga.client import GuestInfo, QgaClient, QgaError, QgaTimeout
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class VmRuntime:
     qga_state: str = "unknown"
     last_error: str | None = None
     errors: Counter[str] = field(default_factory=Counter)
+    cycles: int = 0  # collections of this VM so far (per-plugin intervals count in these)
 
     def new_process(self, pid: int | None) -> None:
         """QEMU (re)started: everything learned about the old process is void."""
@@ -83,6 +85,8 @@ class Agent:
         self.discovery_problems: list[str] = []
         self.stats: Counter[str] = Counter()
         self.last_cycle_s = 0.0
+        self.metadata = MetadataFiles(config.instance_metadata)
+        self.shaping = plugin_shaping(config)
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: new discovery and collectors; VMs, connections and previous
@@ -90,6 +94,8 @@ class Agent:
         self.config = config
         self.discovery = Discovery(config)
         self.collectors = [c for c in (cls() for cls in REGISTRY) if c.enabled(config)]
+        self.metadata = MetadataFiles(config.instance_metadata)
+        self.shaping = plugin_shaping(config)
         for rt in self.vms.values():
             rt.qmp.timeout = config.qmp_timeout_s
 
@@ -222,7 +228,9 @@ class Agent:
             self._count_rejections(rt, ctx)
         if ctx.qmp_error is None and ctx.qga_error is None and not ctx.collector_failed:
             rt.last_error = None
-        return emitter.datums
+        rt.cycles += 1
+        vm_dims = vm_dimensions(self.config, rt.spec, self.metadata.get(rt.spec.instance_id))
+        return shape(emitter.datums, self.config, vm_dims, self.shaping)
 
     def _count_rejections(self, rt: VmRuntime, ctx: VmContext) -> None:
         for reason, n in ctx.rejected.items():
@@ -275,6 +283,11 @@ class Agent:
             ctx.qga is None or collector.qga_command not in ctx.qga_commands
         ):
             return
+        own = collector.interval_s(self.config)
+        if own and own > self.config.interval_s:
+            every = max(1, round(own / self.config.interval_s))
+            if rt.cycles % every:
+                return  # not this plugin's turn; its deltas span its own interval
         try:
             cur = await collector.sample(ctx)
         except (QmpError, QgaError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
@@ -289,10 +302,15 @@ class Agent:
             ctx.collector_failed = True
             log.warning("vm %s: %s: %s", rt.spec.instance_id, collector.name, exc)
             return
+        resolution = out.resolution
+        if own:
+            out.resolution = 1 if own < 60 else 60
         try:
             collector.emit(rt.prev.get(collector.name), cur, ctx, out)
         except Exception:  # a bug in one collector must not stop the others
             rt.errors[collector.name] += 1
             self.stats[f"collector_bugs.{collector.name}"] += 1
             log.exception("vm %s: %s: emit failed", rt.spec.instance_id, collector.name)
+        finally:
+            out.resolution = resolution
         rt.prev[collector.name] = cur

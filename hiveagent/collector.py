@@ -120,6 +120,10 @@ class Collector(ABC, Generic[S]):
     def enabled(self, config: Config) -> bool:
         return True
 
+    def interval_s(self, config: Config) -> int | None:
+        """The plugin's own metrics_collection_interval, if it has one (None: every cycle)."""
+        return None
+
     @abstractmethod
     async def sample(self, ctx: VmContext) -> S:
         """Do the I/O; return a typed record (monotonic time included where deltas need it)."""

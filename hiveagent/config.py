@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-from jsonschema.exceptions import ValidationError
+from jsonschema.exceptions import ValidationError, best_match
 
 DEFAULT_INTERVAL_S = 60
 DEFAULT_SPINIFEX_RUN_DIR = "/run/spinifex"
@@ -43,6 +43,16 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class Shaping:
+    """What a plugin's measurement objects, drop_original_metrics and append_dimensions ask
+    for: relabelling after collection (names and units), never a different value."""
+
+    renames: tuple[tuple[str, str | None, str | None], ...] = ()  # (metric, rename, unit)
+    drop_original: tuple[str, ...] = ()  # only their aggregated copies are sent
+    append_dimensions: tuple[tuple[str, str], ...] = ()  # static, this plugin only
+
+
+@dataclass(frozen=True)
 class DiskPlugin:
     """metrics.metrics_collected.disk"""
 
@@ -51,6 +61,7 @@ class DiskPlugin:
     ignore_file_system_types: tuple[str, ...]
     drop_device: bool
     interval_s: int
+    shaping: Shaping = Shaping()
 
     def wants_mount(self, mountpoint: str) -> bool:
         return "*" in self.resources or mountpoint in self.resources
@@ -64,6 +75,8 @@ class GuestPlugin:
     metrics: tuple[str, ...]  # full CloudWatch Agent names, e.g. "cpu_usage_user"
     resources: tuple[str, ...]  # CPUs / devices / interfaces; ("*",) = all
     totalcpu: bool = True  # cpu only: the cpu=cpu-total series
+    interval_s: int | None = None  # metrics_collection_interval; None: the agent's
+    shaping: Shaping = Shaping()
 
     def wants(self, resource: str) -> bool:
         return "*" in self.resources or resource in self.resources
@@ -143,7 +156,7 @@ class Config:
     ebs_namespace: str
     endpoint_override: str | None
     force_flush_interval_s: int
-    append_dimensions: tuple[str, ...]  # dimension names to add when known per VM
+    append_dimensions: tuple[tuple[str, str], ...]  # (name, "${aws:...}" or a static value)
     disk: DiskPlugin | None
     spinifex_run_dir: str | None  # None = Spinifex discovery off
     generic: tuple[GenericDiscovery, ...]
@@ -154,6 +167,9 @@ class Config:
     max_concurrent_vms: int
     proc_root: str
     state_dir: str
+    aggregation_dimensions: tuple[tuple[str, ...], ...] = ()
+    wire_protocol: str = "auto"  # auto (botocore's choice) | json | query
+    instance_metadata: str | None = None  # per-VM metadata file template ({instance_id})
     cpu: GuestPlugin | None = None
     diskio: GuestPlugin | None = None
     net: GuestPlugin | None = None
@@ -203,6 +219,28 @@ def _describe(error: ValidationError) -> str:
     if error.validator == "enum":
         options = ", ".join(json.dumps(v) for v in error.validator_value)
         return f"{path}: {json.dumps(error.instance)} is not one of: {options}"
+    if error.validator == "oneOf":
+        # measurement items: a name, or {name, rename, unit}. Explain in those terms.
+        for sub in error.validator_value:
+            if "enum" in sub and not isinstance(error.instance, dict):
+                options = ", ".join(json.dumps(v) for v in sub["enum"])
+                return f"{path}: {json.dumps(error.instance)} is not one of: {options}"
+        branch = 1 if isinstance(error.instance, dict) else 0
+        relevant = [e for e in error.context or [] if e.relative_schema_path[0] == branch]
+        if relevant:
+            return _describe(best_match(relevant))
+    if error.validator == "pattern" and error.validator_value == "^[^$]*$":
+        return (
+            f"{path}: {json.dumps(error.instance)}: a static dimension value cannot hold '$'; "
+            "the templates are ${aws:InstanceId}, ${aws:ImageId}, ${aws:InstanceType} and "
+            "${aws:AutoScalingGroupName}, under the dimension names they fill"
+        )
+    if error.validator == "pattern" and "a-zA-Z_" in str(error.validator_value):
+        return (
+            f"{path}: {json.dumps(error.instance)} is not a valid dimension name (letters, "
+            "digits and _, not starting with a digit: what every CloudWatch-compatible "
+            "endpoint accepts)"
+        )
     if error.validator == "const":
         return f"{path}: must be {json.dumps(error.validator_value)}"
     return f"{path}: {error.message}"
@@ -213,6 +251,35 @@ def _first_errors(data: Any) -> list[str]:
         _VALIDATOR.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator)
     )
     return [_describe(e) for e in errors]
+
+
+def _plugin_parts(
+    plugin: str, c: dict[str, Any], defaults: tuple[str, ...], source: str
+) -> tuple[tuple[str, ...], Shaping]:
+    """Full metric names and shaping of one plugin section (validated by the schema)."""
+
+    def full(n: str) -> str:
+        return n if n.startswith(f"{plugin}_") else f"{plugin}_{n}"
+
+    names, renames = [], []
+    for item in c.get("measurement", list(defaults)):
+        if isinstance(item, dict):
+            names.append(full(item["name"]))
+            renames.append((full(item["name"]), item.get("rename"), item.get("unit")))
+        else:
+            names.append(full(item))
+    if len(set(names)) != len(names):
+        raise ConfigError(
+            f"{source}: $.metrics.metrics_collected.{plugin}.measurement: "
+            f"the same metric is named twice (with and without the {plugin}_ prefix)"
+        )
+    drop = tuple(full(n) for n in c.get("drop_original_metrics", []))
+    shaping = Shaping(
+        renames=tuple(renames),
+        drop_original=drop,
+        append_dimensions=tuple(sorted(c.get("append_dimensions", {}).items())),
+    )
+    return tuple(names), shaping
 
 
 def parse_config(data: Any, source: str = "<memory>") -> Config:
@@ -229,38 +296,29 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
     disk = None
     if "disk" in collected:
         d = collected["disk"]
-        names = d.get("measurement", list(DISK_MEASUREMENTS))
+        names, shaping = _plugin_parts("disk", d, DISK_MEASUREMENTS, source)
         disk = DiskPlugin(
-            metrics=tuple(n if n.startswith("disk_") else f"disk_{n}" for n in names),
+            metrics=names,
             resources=tuple(d.get("resources", ["*"])),
             ignore_file_system_types=tuple(d.get("ignore_file_system_types", [])),
             drop_device=d.get("drop_device", False),
             interval_s=d.get("metrics_collection_interval", interval),
+            shaping=shaping,
         )
-        if len(set(disk.metrics)) != len(disk.metrics):
-            raise ConfigError(
-                f"{source}: $.metrics.metrics_collected.disk.measurement: "
-                "the same metric is named twice (with and without the disk_ prefix)"
-            )
 
     plugins: dict[str, GuestPlugin | None] = {}
-    for plugin, names in PLUGIN_MEASUREMENTS.items():
+    for plugin, defaults in PLUGIN_MEASUREMENTS.items():
         if plugin not in collected:
             plugins[plugin] = None
             continue
         c = collected[plugin]
-        wanted = c.get("measurement", list(names))
-        full = tuple(n if n.startswith(f"{plugin}_") else f"{plugin}_{n}" for n in wanted)
-        if len(set(full)) != len(full):
-            raise ConfigError(
-                f"{source}: $.metrics.metrics_collected.{plugin}.measurement: "
-                f"the same metric is named twice (with and without the {plugin}_ prefix)"
-            )
-        default_resources = [] if plugin == "cpu" else ["*"]
+        names, shaping = _plugin_parts(plugin, c, defaults, source)
         plugins[plugin] = GuestPlugin(
-            metrics=full,
-            resources=tuple(c.get("resources", default_resources)),
+            metrics=names,
+            resources=tuple(c.get("resources", [] if plugin == "cpu" else ["*"])),
             totalcpu=c.get("totalcpu", True),
+            interval_s=c.get("metrics_collection_interval"),
+            shaping=shaping,
         )
     discovery = hyper.get("discovery", {})
     spinifex = discovery.get("spinifex", {})
@@ -311,7 +369,12 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
         ebs_namespace=ebs.get("namespace", "Hive/EBS"),
         endpoint_override=metrics.get("endpoint_override"),
         force_flush_interval_s=metrics.get("force_flush_interval", 60),
-        append_dimensions=tuple(sorted(metrics.get("append_dimensions", {}))),
+        append_dimensions=tuple(sorted(metrics.get("append_dimensions", {}).items())),
+        aggregation_dimensions=tuple(
+            tuple(dims) for dims in metrics.get("aggregation_dimensions", [])
+        ),
+        wire_protocol=metrics.get("wire_protocol", "auto"),
+        instance_metadata=hyper.get("instance_metadata"),
         disk=disk,
         spinifex_run_dir=spinifex_dir,
         generic=tuple(generic),

@@ -69,7 +69,12 @@ class Daemon:
             memory_max_datums=config.spool.memory_max_datums,
         )
         self.publisher = Publisher(
-            make_client(config.region, config.endpoint_override, config.publish.timeout_s),
+            make_client(
+                config.region,
+                config.endpoint_override,
+                config.publish.timeout_s,
+                config.wire_protocol,
+            ),
             self.spool,
             config.publish,
             audit=audit,
@@ -185,13 +190,14 @@ class Daemon:
         if new.spool != old.spool:
             log.warning("reload: spool settings change only at restart; the spool is kept as is")
             new = replace(new, spool=old.spool)
-        if (new.region, new.endpoint_override, new.publish.timeout_s) != (
+        if (new.region, new.endpoint_override, new.publish.timeout_s, new.wire_protocol) != (
             old.region,
             old.endpoint_override,
             old.publish.timeout_s,
+            old.wire_protocol,
         ):
             self.publisher.client = make_client(
-                new.region, new.endpoint_override, new.publish.timeout_s
+                new.region, new.endpoint_override, new.publish.timeout_s, new.wire_protocol
             )
         self.publisher.settings = new.publish
         self.publisher.breaker.failures = new.publish.breaker_failures

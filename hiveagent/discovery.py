@@ -42,6 +42,9 @@ class VmSpec:
     period_s: int | None
     account_id: str | None
     origin: str  # where this VM was found (sidecar path or glob)
+    image_id: str | None = None  # for ${aws:ImageId}
+    instance_type: str | None = None  # for ${aws:InstanceType}
+    autoscaling_group: str | None = None  # for ${aws:AutoScalingGroupName}
 
 
 def _field(obj: dict[str, Any], key: str, kind: type, where: str, required: bool = False) -> Any:
@@ -55,6 +58,9 @@ def _field(obj: dict[str, Any], key: str, kind: type, where: str, required: bool
     if not isinstance(value, kind):
         raise SidecarError(f"{where}: {key!r} must be {kind.__name__}")
     return value
+
+
+METADATA_FIELDS = ("image_id", "instance_type", "autoscaling_group")
 
 
 def parse_sidecar(data: bytes, path: str) -> VmSpec:
@@ -88,6 +94,7 @@ def parse_sidecar(data: bytes, path: str) -> VmSpec:
         # The management tap (mg...) is not instance traffic.
         taps = tuple(t for t in taps_raw if not t.startswith("mg"))
     account = _field(obj, "account_id", str, path)
+    meta = {k: _field(obj, k, str, path) for k in METADATA_FIELDS}
     return VmSpec(
         instance_id=instance_id,
         qmp_socket=os.path.join(run_dir, qmp),
@@ -97,6 +104,9 @@ def parse_sidecar(data: bytes, path: str) -> VmSpec:
         period_s=period,
         account_id=account,
         origin=path,
+        image_id=meta["image_id"],
+        instance_type=meta["instance_type"],
+        autoscaling_group=meta["autoscaling_group"],
     )
 
 

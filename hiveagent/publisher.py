@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from enum import Enum
+from pathlib import Path
 from typing import IO, Any
 
 from hiveagent.config import PublishSettings
@@ -95,12 +96,25 @@ def to_metric_datum(d: Datum) -> dict[str, Any]:
     }
 
 
-def make_client(region: str | None, endpoint: str | None, timeout_s: float = 10.0) -> Any:
-    """A CloudWatch client with botocore's retries off: the Publisher owns retrying."""
+def make_client(
+    region: str | None, endpoint: str | None, timeout_s: float = 10.0, protocol: str = "auto"
+) -> Any:
+    """A CloudWatch client with botocore's retries off: the Publisher owns retrying.
+
+    `protocol` "json" or "query" pins the wire protocol (endpoints that speak only awsQuery);
+    "auto" leaves botocore's choice. The pin is botocore's own model-customisation mechanism:
+    an `sdk-extras` file (hiveagent/botocore_data/<protocol>/) on the session's `data_path`
+    merges `protocols: [<protocol>]` into CloudWatch's service model as it loads."""
     import boto3
+    import botocore.session
     from botocore.config import Config as BotoConfig
 
-    session = boto3.session.Session()
+    core = botocore.session.get_session()
+    if protocol != "auto":
+        core.set_config_variable(
+            "data_path", str(Path(__file__).parent / "botocore_data" / protocol)
+        )
+    session = boto3.session.Session(botocore_session=core)
     region = region or session.region_name or "us-east-1"
     return session.client(
         "cloudwatch",

@@ -29,6 +29,7 @@ class ProxyLog:
     # Datums of requests the client gave up on (timed out) that were forwarded anyway: an
     # endpoint that processed a request too slowly. At-least-once delivery sends them again.
     late_datums: int = 0
+    content_types: Counter[str] = field(default_factory=Counter)  # what the client spoke
 
 
 def _error(status: int, code: str, message: str) -> bytes:
@@ -111,6 +112,7 @@ class FaultProxy:
         writer: asyncio.StreamWriter,
     ) -> bytes | None:
         self.requests += 1
+        self.log.content_types[headers.get("content-type", "")] += 1
         action = self.script.pop(0) if self.script else "pass"
         if action == "pass" and 0 <= self.poison_after < self.requests:
             datums = self._datums(headers, body)
