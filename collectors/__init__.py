@@ -9,11 +9,13 @@ from collectors.guest_net import GuestNet
 from collectors.process_cpu import ProcessCpu
 from collectors.status import Status
 from collectors.tap_net import TapNet
+from collectors.vcpu_threads import VcpuThreads
 from hiveagent.collector import Collector
 
 REGISTRY: tuple[type[Collector[object]], ...] = (  # type: ignore[assignment]
     Status,
     ProcessCpu,
+    VcpuThreads,
     TapNet,
     BlockStats,
     GuestDisk,

@@ -7,6 +7,7 @@ disk_used_percent = used / total-bytes * 100 is then exactly the CloudWatch Agen
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +25,28 @@ class FsRecord:
     used: int
     total: int  # used + available to unprivileged users
     total_privileged: int | None  # f_blocks * f_frsize (qemu-ga 9.1+)
+    volume_id: str | None = None  # from the disk's serial, when it is a Spinifex volume
 
 
 def _size(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _MAX_BYTES:
         return None
     return value
+
+
+_SERIAL_RE = re.compile(r"^vol([0-9a-f]{17})$")
+
+
+def volume_of(entry: dict[str, Any]) -> str | None:
+    """The VolumeId of a filesystem's disk, from its virtio serial: Spinifex sets the serial
+    to the volume id without its dash (`vol0123...`). qemu-ga reports the serial only when the
+    guest has udev; otherwise (and for other serials) None."""
+    disks = entry.get("disk")
+    if not isinstance(disks, list) or len(disks) != 1 or not isinstance(disks[0], dict):
+        return None  # none, or a filesystem over several disks (LVM, RAID): no single volume
+    serial = disks[0].get("serial")
+    m = _SERIAL_RE.match(serial) if isinstance(serial, str) else None
+    return f"vol-{m.group(1)}" if m else None
 
 
 def parse_fsinfo(
@@ -73,7 +90,7 @@ def parse_fsinfo(
         if privileged is not None and privileged < total:
             rejected["fsinfo.bad_size"] += 1
             privileged = None
-        out.append(FsRecord(mountpoint, device, fstype, used, total, privileged))
+        out.append(FsRecord(mountpoint, device, fstype, used, total, privileged, volume_of(entry)))
     return out
 
 
@@ -118,6 +135,8 @@ class GuestDisk(Collector[list[FsRecord]]):
             dims = {"InstanceId": ctx.spec.instance_id, "path": fs.mountpoint, "fstype": fs.fstype}
             if not plugin.drop_device:
                 dims["device"] = fs.device
+            if fs.volume_id:
+                dims["VolumeId"] = fs.volume_id
             for name, value in disk_values(fs).items():
                 if name in plugin.metrics:
                     out.emit(name, value, dims)

@@ -55,7 +55,10 @@ class ProcessCpu(Collector[ProcCpuSample]):
     name = "process_cpu"
 
     def enabled(self, config: object) -> bool:
-        return bool(getattr(config, "ec2_enabled", True))
+        # With cpu_source "vcpu_threads", CPUUtilization comes from collectors/vcpu_threads.
+        return bool(getattr(config, "ec2_enabled", True)) and (
+            getattr(config, "cpu_source", "process") == "process"
+        )
 
     async def sample(self, ctx: VmContext) -> ProcCpuSample:
         assert ctx.pid is not None

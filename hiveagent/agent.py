@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collectors import REGISTRY
+from collectors.vcpu_threads import parse_vcpu_threads
 from hiveagent.collector import Collector, Emitter, VmContext
 from hiveagent.config import Config
 from hiveagent.discovery import Discovery, VmSpec
@@ -176,6 +177,7 @@ class Agent:
         if rt.vcpus is None:
             cpus = await rt.qmp.execute("query-cpus-fast")
             rt.vcpus = rt.spec.vcpus or (len(cpus) if isinstance(cpus, list) and cpus else None)
+            rt.cache["vcpu_threads"] = parse_vcpu_threads(cpus)
         ctx.vcpus = rt.vcpus
         if not self.config.qga_enabled:
             rt.qga_state = "disabled"

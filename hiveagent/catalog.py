@@ -34,8 +34,8 @@ class MetricSpec:
 
 _EC2 = ("InstanceId",)
 _EBS = ("VolumeId",)
-_DISK = ("InstanceId", "path", "device", "fstype")
-_DEVICE = ("device",)  # dropped with disk.drop_device
+_DISK = ("InstanceId", "path", "device", "fstype", "VolumeId")
+_DEVICE = ("device", "VolumeId")  # device: dropped with disk.drop_device; VolumeId: when known
 
 
 _CPU = ("InstanceId", "cpu")
@@ -246,7 +246,17 @@ CATALOG: dict[str, MetricSpec] = {
             _EC2,
             "/proc/<qemu pid>/stat",
             "QEMU process CPU time (all threads, incl. emulation and I/O) over wall time "
-            "and vCPU count in the period, capped at 100.",
+            "and vCPU count in the period, capped at 100; with hypervisor.ec2.cpu_source "
+            "vcpu_threads, the vCPU threads' time only (schedstat).",
+        ),
+        MetricSpec(
+            "CPUStealPercent",
+            Family.EC2,
+            "Percent",
+            _EC2,
+            "/proc/<qemu pid>/task/<vCPU tid>/schedstat",
+            "Time the vCPU threads were runnable but waiting for a host CPU, over their "
+            "capacity (period x vCPUs): the host-side view of steal. Not an AWS metric.",
         ),
         MetricSpec(
             "NetworkIn",

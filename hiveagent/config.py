@@ -168,6 +168,7 @@ class Config:
     proc_root: str
     state_dir: str
     aggregation_dimensions: tuple[tuple[str, ...], ...] = ()
+    cpu_source: str = "process"  # CPUUtilization from the QEMU process, or "vcpu_threads"
     wire_protocol: str = "auto"  # auto (botocore's choice) | json | query
     instance_metadata: str | None = None  # per-VM metadata file template ({instance_id})
     cpu: GuestPlugin | None = None
@@ -370,6 +371,7 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
         endpoint_override=metrics.get("endpoint_override"),
         force_flush_interval_s=metrics.get("force_flush_interval", 60),
         append_dimensions=tuple(sorted(metrics.get("append_dimensions", {}).items())),
+        cpu_source=ec2.get("cpu_source", "process"),
         aggregation_dimensions=tuple(
             tuple(dims) for dims in metrics.get("aggregation_dimensions", [])
         ),

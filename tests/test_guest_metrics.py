@@ -10,6 +10,7 @@ import pytest
 from conftest import recorded
 
 from collectors.guest_cpu import CpuSample, GuestCpu, cpu_usage, parse_cpustats, total_of
+from collectors.guest_disk import GuestDisk, parse_fsinfo
 from collectors.guest_diskio import DiskioSample, GuestDiskio, parse_diskstats
 from collectors.guest_mem import UNSET, mem_values, parse_guest_stats
 from collectors.guest_net import GuestNet, NetSample, parse_interfaces
@@ -189,3 +190,19 @@ def test_check_config_warns_on_reserved_namespaces(tmp_path: object) -> None:
                        cwd=REPO, capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0
     assert "warning: $.hypervisor.ec2.namespace: 'AWS/EC2' is a reserved namespace" in r.stdout
+
+
+def test_fsinfo_volume_id_from_the_serial() -> None:
+    disk = [{"serial": "vol0123456789abcdef0", "dev": "/dev/vdb"}]
+    entry = {"name": "vdb", "mountpoint": "/data", "type": "ext4", "used-bytes": 1,
+             "total-bytes": 2, "disk": disk}  # fmt: skip
+    [fs] = parse_fsinfo([entry])
+    assert fs.volume_id == "vol-0123456789abcdef0"
+    ctx = ctx_for({"disk": {}})
+    out = Emitter(ctx.config, 1.0)
+    GuestDisk().emit(None, [fs], ctx, out)
+    assert {dict(d.dimensions)["VolumeId"] for d in out.datums} == {"vol-0123456789abcdef0"}
+    # No serial (no udev in the guest), or one that is not a volume: no VolumeId.
+    for other in ([], [{"dev": "/dev/vdb"}], [{"serial": "QM00001"}], disk * 2):
+        [fs] = parse_fsinfo([{**entry, "disk": other}])
+        assert fs.volume_id is None

@@ -37,9 +37,10 @@ pytestmark = pytest.mark.vm
 
 HEALTHY_NAMES = {
     "StatusCheckFailed", "StatusCheckFailed_System", "StatusCheckFailed_Instance",
-    "CPUUtilization", "DiskReadOps", "DiskWriteOps", "DiskReadBytes", "DiskWriteBytes",
+    "CPUUtilization", "CPUStealPercent",
+    "DiskReadOps", "DiskWriteOps", "DiskReadBytes", "DiskWriteBytes",
     "VolumeReadOps", "VolumeWriteOps", "VolumeReadBytes", "VolumeWriteBytes",
-    "VolumeTotalReadTime", "VolumeTotalWriteTime", "VolumeQueueLength",
+    "VolumeTotalReadTime", "VolumeTotalWriteTime", "VolumeIdleTime", "VolumeQueueLength",
     "disk_used_percent", "disk_free", "disk_total", "disk_used",
 }  # fmt: skip
 
