@@ -22,6 +22,7 @@ from hiveagent.collector import Collector, Emitter, VmContext
 from hiveagent.config import Config
 from hiveagent.discovery import Discovery, VmSpec
 from hiveagent.model import Datum
+from hiveagent.monitoring import BasicWindows, detailed_copies, tier
 from hiveagent.qmp import (
     QmpCommandError,
     QmpError,
@@ -54,6 +55,7 @@ class VmRuntime:
     last_error: str | None = None
     errors: Counter[str] = field(default_factory=Counter)
     cycles: int = 0  # collections of this VM so far (per-plugin intervals count in these)
+    basic: BasicWindows = field(default_factory=BasicWindows)  # basic monitoring windows
 
     def new_process(self, pid: int | None) -> None:
         """QEMU (re)started: everything learned about the old process is void."""
@@ -88,6 +90,7 @@ class Agent:
         self.last_cycle_s = 0.0
         self.metadata = MetadataFiles(config.instance_metadata)
         self.shaping = plugin_shaping(config)
+        self.leftover: list[Datum] = []
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: new discovery and collectors; VMs, connections and previous
@@ -124,7 +127,9 @@ class Agent:
                 rt.spec = spec  # sidecar rewritten (e.g. NIC hot-plug)
         for gone in set(self.vms) - seen:
             log.info("vm %s: gone", gone)
-            await self.vms.pop(gone).qmp.close()
+            rt = self.vms.pop(gone)
+            self.leftover.extend(rt.basic.drain())  # its last partial window still counts
+            await rt.qmp.close()
 
     async def cycle(self) -> list[Datum]:
         """One collection over every VM, at most max_concurrent_vms at a time."""
@@ -146,7 +151,8 @@ class Agent:
                     return []
 
         results = await asyncio.gather(*(bounded(rt) for rt in self.vms.values()))
-        datums = [d for r in results for d in r]
+        datums = [d for r in results for d in r] + self.leftover
+        self.leftover = []
         self.last_cycle_s = time.monotonic() - start
         self.stats["cycles"] += 1
         self.stats["datums_collected"] += len(datums)
@@ -231,8 +237,21 @@ class Agent:
         if ctx.qmp_error is None and ctx.qga_error is None and not ctx.collector_failed:
             rt.last_error = None
         rt.cycles += 1
-        vm_dims = vm_dimensions(self.config, rt.spec, self.metadata.get(rt.spec.instance_id))
-        return shape(emitter.datums, self.config, vm_dims, self.shaping)
+        meta = self.metadata.get(rt.spec.instance_id)
+        vm_dims = vm_dimensions(self.config, rt.spec, meta)
+        datums = shape(emitter.datums, self.config, vm_dims, self.shaping)
+        if tier(rt.spec.period_s, self.config.monitoring) == "basic":
+            return rt.basic.add(datums)
+        datums += rt.basic.drain()  # the VM moved to detailed: close what was open
+        return detailed_copies(
+            datums,
+            rt.spec.image_id or meta.image_id,
+            rt.spec.instance_type or meta.instance_type,
+        )
+
+    def drain_windows(self) -> list[Datum]:
+        """Close every open basic-monitoring window (shutdown)."""
+        return [d for rt in self.vms.values() for d in rt.basic.drain()]
 
     def _count_rejections(self, rt: VmRuntime, ctx: VmContext) -> None:
         for reason, n in ctx.rejected.items():

@@ -169,6 +169,8 @@ class Config:
     state_dir: str
     aggregation_dimensions: tuple[tuple[str, ...], ...] = ()
     cpu_source: str = "process"  # CPUUtilization from the QEMU process, or "vcpu_threads"
+    monitoring: str = "detailed"  # EC2 tier when the sidecar does not say (period_seconds)
+    datum_shape: str = "statistic_sets"  # basic-monitoring datums: or value_arrays, single_values
     wire_protocol: str = "auto"  # auto (botocore's choice) | json | query
     instance_metadata: str | None = None  # per-VM metadata file template ({instance_id})
     cpu: GuestPlugin | None = None
@@ -372,6 +374,8 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
         force_flush_interval_s=metrics.get("force_flush_interval", 60),
         append_dimensions=tuple(sorted(metrics.get("append_dimensions", {}).items())),
         cpu_source=ec2.get("cpu_source", "process"),
+        monitoring=ec2.get("monitoring", "detailed"),
+        datum_shape=metrics.get("datum_shape", "statistic_sets"),
         aggregation_dimensions=tuple(
             tuple(dims) for dims in metrics.get("aggregation_dimensions", [])
         ),

@@ -79,6 +79,7 @@ class Daemon:
             config.publish,
             audit=audit,
         )
+        self.publisher.datum_shape = config.datum_shape
         self.agent = Agent(config)
         self.self_metrics = SelfMetrics(config)
         self.stop = asyncio.Event()
@@ -200,6 +201,7 @@ class Daemon:
                 new.region, new.endpoint_override, new.publish.timeout_s, new.wire_protocol
             )
         self.publisher.settings = new.publish
+        self.publisher.datum_shape = new.datum_shape
         self.publisher.breaker.failures = new.publish.breaker_failures
         self.publisher.breaker.open_s = new.publish.breaker_open_s
         self.agent.reconfigure(new)
@@ -277,6 +279,9 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         deadline = time.monotonic() + self.config.publish.shutdown_flush_s
+        partial = self.agent.drain_windows()  # basic monitoring: the open 5-minute windows
+        if partial:
+            self.publisher.add(partial)
         try:
             if self.spool.pending and self.publisher.breaker.allow():
                 await asyncio.wait_for(

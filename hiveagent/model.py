@@ -24,10 +24,13 @@ class Datum:
     unit: str
     timestamp: float
     storage_resolution: int = 60
+    # A basic-monitoring datum: the period samples it aggregates (value is then their sum or
+    # mean, per the metric); sent as a statistic set, a value array or that single value.
+    samples: tuple[float, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         """The `collect --format json` shape."""
-        return {
+        out = {
             "namespace": self.namespace,
             "name": self.name,
             "dimensions": dict(self.dimensions),
@@ -35,6 +38,9 @@ class Datum:
             "unit": self.unit,
             "timestamp": self.timestamp,
         }
+        if self.samples:
+            out["samples"] = list(self.samples)
+        return out
 
 
 def make_dimensions(**pairs: str) -> Dimensions:

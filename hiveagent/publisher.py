@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -59,7 +60,7 @@ RETRYABLE_CODES = frozenset(
 
 def datum_wire_size(d: Datum) -> int:
     """An upper bound of the bytes one datum takes in a query- or JSON-encoded request."""
-    size = 200 + 3 * len(d.name)
+    size = 200 + 3 * len(d.name) + 40 * len(d.samples)
     for name, value in d.dimensions:
         size += 80 + 3 * (len(name) + len(value))  # URL-encoding may triple a character
     return size
@@ -84,16 +85,33 @@ def batches(datums: Iterable[Datum]) -> Iterator[list[Datum]]:
         yield batch
 
 
-def to_metric_datum(d: Datum) -> dict[str, Any]:
-    """botocore's MetricDatum shape."""
-    return {
+def to_metric_datum(d: Datum, shape: str = "statistic_sets") -> dict[str, Any]:
+    """botocore's MetricDatum shape. A datum carrying samples (basic monitoring) goes as a
+    statistic set, as Values/Counts, or as its single value, per `metrics.datum_shape`: some
+    CloudWatch-compatible endpoints accept only `Value`."""
+    out: dict[str, Any] = {
         "MetricName": d.name,
         "Dimensions": [{"Name": k, "Value": v} for k, v in d.dimensions],
         "Timestamp": datetime.fromtimestamp(d.timestamp, UTC),
-        "Value": d.value,
         "Unit": d.unit,
         "StorageResolution": d.storage_resolution,
     }
+    if d.samples and shape == "statistic_sets":
+        out["StatisticValues"] = {
+            "SampleCount": float(len(d.samples)),
+            "Sum": math.fsum(d.samples),
+            "Minimum": min(d.samples),
+            "Maximum": max(d.samples),
+        }
+    elif d.samples and shape == "value_arrays":
+        counts: dict[float, int] = {}
+        for v in d.samples:
+            counts[v] = counts.get(v, 0) + 1
+        out["Values"] = list(counts)
+        out["Counts"] = [float(c) for c in counts.values()]
+    else:
+        out["Value"] = d.value
+    return out
 
 
 def make_client(
@@ -219,6 +237,7 @@ class Publisher:
         self.in_flight = 0
         self.last_error: str | None = None
         self.last_success: float | None = None
+        self.datum_shape = "statistic_sets"
         spool.on_drop = self.drop
 
     # -- in -----------------------------------------------------------------------------------
@@ -362,7 +381,7 @@ class Publisher:
             await asyncio.to_thread(
                 self.client.put_metric_data,
                 Namespace=datums[0].namespace,
-                MetricData=[to_metric_datum(d) for d in datums],
+                MetricData=[to_metric_datum(d, self.datum_shape) for d in datums],
             )
         except ParamValidationError as exc:  # botocore's own checks: the datum is at fault
             self.stats["api_errors"] += 1

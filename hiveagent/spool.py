@@ -82,6 +82,7 @@ def encode_payload(namespace: str, datums: Sequence[Datum]) -> bytes:
             d.unit,
             d.timestamp,
             d.storage_resolution,
+            *([list(d.samples)] if d.samples else []),
         ]
         for d in datums
     ]
@@ -93,9 +94,12 @@ def decode_payload(payload: bytes) -> tuple[str, list[Datum]]:
     try:
         namespace, rows = msgpack.unpackb(payload, raw=False, strict_map_key=True)
         datums = []
-        for name, flat, value, unit, ts, res in rows:
+        for name, flat, value, unit, ts, res, *rest in rows:
             dims = tuple(zip(flat[0::2], flat[1::2], strict=True))
-            datums.append(Datum(namespace, name, dims, float(value), unit, float(ts), int(res)))
+            samples = tuple(float(v) for v in rest[0]) if rest else ()
+            datums.append(
+                Datum(namespace, name, dims, float(value), unit, float(ts), int(res), samples)
+            )
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ValueError(f"undecodable record: {exc}") from None
     if not isinstance(namespace, str):

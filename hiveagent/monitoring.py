@@ -1,0 +1,96 @@
+"""Basic vs detailed monitoring, per VM, as EC2 does it.
+
+- Detailed (the sidecar's `period_seconds` 60, or `hypervisor.ec2.monitoring: "detailed"`):
+  every EC2 datum as collected; when the VM's ImageId / InstanceType are known (sidecar or
+  metadata file), each is also sent under `{ImageId}` and `{InstanceType}`, AWS's
+  aggregated-by-dimension series for detailed instances.
+- Basic (`period_seconds` 300, or `"basic"`): EC2 datums are gathered into 5-minute windows
+  aligned to the clock and sent once per window, timestamped at the window start, carrying the
+  window's samples (`Datum.samples`): a statistic set where the endpoint takes one, else the
+  values, else one value (the sum for per-period totals, the mean for percentages).
+- Status checks go every cycle in both tiers; EBS metrics are per minute for every volume.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from hiveagent.catalog import CATALOG, Family
+from hiveagent.model import Datum
+
+BASIC_WINDOW_S = 300
+MEAN_UNITS = frozenset({"Percent"})  # aggregated by mean; the rest are per-period totals
+
+
+def tier(period_s: int | None, default: str) -> str:
+    if period_s == 300:
+        return "basic"
+    if period_s == 60:
+        return "detailed"
+    return default
+
+
+def window_start(ts: float) -> float:
+    return math.floor(ts / BASIC_WINDOW_S) * BASIC_WINDOW_S
+
+
+def passes_through(d: Datum) -> bool:
+    spec = CATALOG.get(d.name)
+    return spec is None or spec.family is not Family.EC2 or d.name.startswith("StatusCheck")
+
+
+def aggregate(window: float, samples: list[Datum]) -> Datum:
+    first = samples[0]
+    values = tuple(d.value for d in samples)
+    total = math.fsum(values)
+    value = total / len(values) if first.unit in MEAN_UNITS else total
+    return replace(first, timestamp=window, value=value, samples=values, storage_resolution=60)
+
+
+@dataclass
+class BasicWindows:
+    """One VM's open 5-minute windows: series -> (window start, samples)."""
+
+    open: dict[tuple[str, str, tuple[tuple[str, str], ...]], tuple[float, list[Datum]]] = field(
+        default_factory=dict
+    )
+
+    def add(self, datums: list[Datum]) -> list[Datum]:
+        """Gather EC2 datums; return status checks, other families and closed windows."""
+        out = []
+        for d in datums:
+            if passes_through(d):
+                out.append(d)
+                continue
+            key = (d.namespace, d.name, d.dimensions)
+            w = window_start(d.timestamp)
+            current = self.open.get(key)
+            if current is not None and current[0] != w:
+                out.append(aggregate(*current))
+                current = None
+            if current is None:
+                current = (w, [])
+                self.open[key] = current
+            current[1].append(d)
+        return out
+
+    def drain(self) -> list[Datum]:
+        """Close every window now (the VM went away, or the agent stops)."""
+        out = [aggregate(w, samples) for w, samples in self.open.values() if samples]
+        self.open.clear()
+        return out
+
+
+def detailed_copies(
+    datums: list[Datum], image_id: str | None, instance_type: str | None
+) -> list[Datum]:
+    """The ImageId and InstanceType aggregate series of a detailed VM's EC2 datums."""
+    extra = []
+    for d in datums:
+        if passes_through(d):
+            continue  # status checks stay per instance; other families have their own
+        for dim, value in (("ImageId", image_id), ("InstanceType", instance_type)):
+            if value:
+                extra.append(replace(d, dimensions=((dim, value),)))
+    return datums + extra
