@@ -35,6 +35,9 @@ class BlockSample:
     mono_s: float
     devices: dict[str, dict[str, int]]  # device name -> counters
     idle_ns: dict[str, int] = field(default_factory=dict)  # QEMU's idle_time_ns, when known
+    # QEMU's own average queue depth (rd + wr) per accounting interval, for devices configured
+    # with stats-intervals: {device: {interval_length_s: depth}}
+    timed_depth: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
 def device_name(entry: dict[str, Any]) -> str | None:
@@ -56,6 +59,41 @@ def device_name(entry: dict[str, Any]) -> str | None:
 def volume_id(device: str, instance_id: str) -> str:
     m = _VOL_RE.search(device)
     return m.group(0) if m else f"{instance_id}:{device}"
+
+
+def parse_timed_depth(reply: Any) -> dict[str, dict[int, float]]:
+    """Device -> {interval_length: avg_rd_queue_depth + avg_wr_queue_depth} from timed_stats
+    (present only when the drive has `stats-intervals`)."""
+    out: dict[str, dict[int, float]] = {}
+    for entry in reply if isinstance(reply, list) else []:
+        stats = entry.get("stats") if isinstance(entry, dict) else None
+        timed = stats.get("timed_stats") if isinstance(stats, dict) else None
+        name = device_name(entry) if isinstance(entry, dict) else None
+        if name is None or not isinstance(timed, list):
+            continue
+        for t in timed:
+            if not isinstance(t, dict):
+                continue
+            length, rd, wr = (
+                t.get(k) for k in ("interval_length", "avg_rd_queue_depth", "avg_wr_queue_depth")
+            )
+            if (
+                length.__class__ is int
+                and length > 0
+                and all(isinstance(v, int | float) and 0 <= v < 1e9 for v in (rd, wr))
+            ):
+                out.setdefault(name, {})[length] = float(rd) + float(wr)  # type: ignore[arg-type]
+    return out
+
+
+def queue_length(d: dict[str, int], period_s: float, timed: dict[int, float] | None) -> float:
+    """VolumeQueueLength: QEMU's own average queue depth over the accounting interval that
+    matches the period (the shortest one at least as long, else the longest) when the drive
+    has stats-intervals; otherwise Little's law: total time requests spent queued / period."""
+    if timed:
+        fitting = [n for n in timed if n >= period_s - 1]
+        return timed[min(fitting) if fitting else max(timed)]
+    return (d["rd_total_time_ns"] + d["wr_total_time_ns"]) / (period_s * 1e9)
 
 
 def parse_idle_ns(reply: Any) -> dict[str, int]:
@@ -115,7 +153,10 @@ def idle_time_s(d: dict[str, int], period_s: float, idle_ns: int | None) -> floa
 
 
 def volume_values(
-    d: dict[str, int], period_s: float, idle_ns: int | None = None
+    d: dict[str, int],
+    period_s: float,
+    idle_ns: int | None = None,
+    timed: dict[int, float] | None = None,
 ) -> dict[str, float]:
     """Per-period EBS values from one device's counter deltas."""
     return {
@@ -126,8 +167,7 @@ def volume_values(
         "VolumeWriteBytes": d["wr_bytes"],
         "VolumeTotalReadTime": d["rd_total_time_ns"] / 1e9,
         "VolumeTotalWriteTime": d["wr_total_time_ns"] / 1e9,
-        # Little's law: average requests in flight = total time in queue / period.
-        "VolumeQueueLength": (d["rd_total_time_ns"] + d["wr_total_time_ns"]) / (period_s * 1e9),
+        "VolumeQueueLength": queue_length(d, period_s, timed),
     }
 
 
@@ -142,7 +182,8 @@ class BlockStats(Collector[BlockSample]):
         reply = await ctx.qmp.execute("query-blockstats")
         devices = parse_blockstats(reply, ctx.config.limits.max_block_devices, ctx.rejected)
         idle = {k: v for k, v in parse_idle_ns(reply).items() if k in devices}
-        return BlockSample(ctx.pid, time.monotonic(), devices, idle)
+        timed = {k: v for k, v in parse_timed_depth(reply).items() if k in devices}
+        return BlockSample(ctx.pid, time.monotonic(), devices, idle, timed)
 
     def emit(
         self, prev: BlockSample | None, cur: BlockSample, ctx: VmContext, out: Emitter
@@ -158,7 +199,10 @@ class BlockStats(Collector[BlockSample]):
         if ctx.config.ebs_enabled:
             for device, d in deltas.items():
                 dims = {"VolumeId": volume_id(device, ctx.spec.instance_id)}
-                for name, value in volume_values(d, period, cur.idle_ns.get(device)).items():
+                values = volume_values(
+                    d, period, cur.idle_ns.get(device), cur.timed_depth.get(device)
+                )
+                for name, value in values.items():
                     out.emit(name, value, dims)
         if ctx.config.ec2_enabled:
             dims = {"InstanceId": ctx.spec.instance_id}

@@ -411,8 +411,9 @@ CATALOG: dict[str, MetricSpec] = {
             "Count",
             _EBS,
             "QMP query-blockstats",
-            "Average outstanding requests over the period by Little's law: "
-            "(d rd_total_time_ns + d wr_total_time_ns) / period_ns.",
+            "Average outstanding requests over the period: QEMU's own avg_rd_queue_depth + "
+            "avg_wr_queue_depth (timed_stats) when the drive has stats-intervals, else by "
+            "Little's law: (d rd_total_time_ns + d wr_total_time_ns) / period_ns.",
         ),
         MetricSpec(
             "disk_used_percent",

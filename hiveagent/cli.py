@@ -110,6 +110,11 @@ async def _list_vms(config: Config, as_json: bool) -> int:
                     "qga_commands": [
                         c for c in METRIC_COMMANDS if info and c in info.enabled_commands
                     ],
+                    # Commands this guest's agent lacks (old qemu-ga, Windows): their metrics
+                    # are skipped for this VM, quietly.
+                    "qga_missing": [
+                        c for c in METRIC_COMMANDS if info and c not in info.enabled_commands
+                    ],
                     "vcpus": rt.vcpus,
                 }
             )
@@ -126,6 +131,8 @@ async def _list_vms(config: Config, as_json: bool) -> int:
         print(f"  guest agent: {r['qga']}")
         if r["qga_commands"]:
             print(f"  guest agent metric commands: {', '.join(r['qga_commands'])}")
+        if r["qga_missing"]:
+            print(f"  not in this guest agent (metrics skipped): {', '.join(r['qga_missing'])}")
     for p in agent.discovery_problems:
         print(f"problem: {p}")
     return 0

@@ -206,3 +206,20 @@ def test_fsinfo_volume_id_from_the_serial() -> None:
     for other in ([], [{"dev": "/dev/vdb"}], [{"serial": "QM00001"}], disk * 2):
         [fs] = parse_fsinfo([{**entry, "disk": other}])
         assert fs.volume_id is None
+
+
+def test_queue_length_from_timed_stats() -> None:
+    """Recorded from QEMU 7.2 with `-drive ...,stats-intervals.0=60,stats-intervals.1=300`
+    after one read (tests/data/qemu-7.2/qmp-query-blockstats-timed.json)."""
+    from collectors.blockstats import parse_timed_depth, queue_length
+
+    timed = parse_timed_depth(recorded("qmp-query-blockstats-timed"))
+    [(device, depths)] = timed.items()
+    assert device == "nbd-vol-0123456789abcdef2" and set(depths) == {60, 300}
+    d = dict.fromkeys(("rd_total_time_ns", "wr_total_time_ns"), 30_000_000_000)
+    assert queue_length(d, 60.0, depths) == pytest.approx(2.1733376442032678e-06)
+    assert queue_length(d, 120.0, depths) == pytest.approx(4.358287317491883e-07)  # 300 s
+    assert queue_length(d, 600.0, depths) == depths[300]  # none long enough: the longest
+    assert queue_length(d, 60.0, None) == 1.0  # Little's law: 60 s queued in a 60 s period
+    # Recorded replies without stats-intervals carry an empty timed_stats.
+    assert parse_timed_depth(recorded("qmp-query-blockstats")) == {}

@@ -304,3 +304,30 @@ def test_paused_killed_restarted_and_missing_vms(tmp_path: Path) -> None:
             await agent.close()
 
         asyncio.run(run())
+
+
+def test_list_vms_shows_what_a_guest_agent_lacks(pair: Pair, tmp_path: Path) -> None:
+    """A guest agent without guest-get-cpustats & co. (an old qemu-ga, a Windows guest): its
+    metrics are skipped for that VM, quietly, and list-vms says which."""
+    sock = tmp_path / "old.sock"
+    server = HostileQga(str(sock), "unsolicited_then_right")  # advertises 4 commands only
+    pair.h.write_sidecar(pair.hostile, qga_socket=str(sock))
+    cfg = tmp_path / "agent.json"
+    cfg.write_text(json.dumps({"hypervisor": {
+        "discovery": {"spinifex": {"run_dir": str(pair.h.run_dir)}},
+        "qga": {"timeout_seconds": 2}, "state_dir": str(tmp_path / "s")}}))  # fmt: skip
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "hiveagent", "list-vms", "-c", str(cfg), "--format", "json"],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        server.close()
+    assert r.returncode == 0, r.stderr
+    rows = {row["instance_id"]: row for row in json.loads(r.stdout)}
+    old = rows[pair.hostile.instance_id]
+    assert old["qga_commands"] == ["guest-get-fsinfo"]
+    assert old["qga_missing"] == ["guest-get-cpustats", "guest-get-diskstats",
+                                  "guest-network-get-interfaces", "guest-get-vcpus"]  # fmt: skip
+    healthy = rows[pair.healthy.instance_id]  # the host's qemu-ga 7.2 has them all
+    assert healthy["qga_missing"] == []
