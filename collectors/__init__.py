@@ -6,6 +6,7 @@ from collectors.guest_disk import GuestDisk
 from collectors.guest_diskio import GuestDiskio
 from collectors.guest_mem import GuestMem
 from collectors.guest_net import GuestNet
+from collectors.guest_vcpus import GuestVcpus
 from collectors.process_cpu import ProcessCpu
 from collectors.status import Status
 from collectors.tap_net import TapNet
@@ -23,6 +24,7 @@ REGISTRY: tuple[type[Collector[object]], ...] = (  # type: ignore[assignment]
     GuestDiskio,
     GuestNet,
     GuestMem,
+    GuestVcpus,
 )
 
 __all__ = ["REGISTRY"]

@@ -259,6 +259,14 @@ CATALOG: dict[str, MetricSpec] = {
             "capacity (period x vCPUs): the host-side view of steal. Not an AWS metric.",
         ),
         MetricSpec(
+            "GuestVCPUsOnline",
+            Family.EC2,
+            "Count",
+            _EC2,
+            "QGA guest-get-vcpus",
+            "vCPUs the guest has online (sent with the cpu plugin). Not an AWS metric.",
+        ),
+        MetricSpec(
             "NetworkIn",
             Family.EC2,
             "Bytes",

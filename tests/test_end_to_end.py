@@ -237,6 +237,12 @@ def test_guest_cpu_sees_the_burn(run_result: dict[str, Any]) -> None:
     assert system > 40  # dd from /dev/zero to /dev/null runs in the kernel
 
 
+def test_guest_vcpus_online(run_result: dict[str, Any]) -> None:
+    dims = {"InstanceId": run_result["vm"].instance_id}
+    points = fetch(run_result, "Hive/EC2", "GuestVCPUsOnline", dims, "Count", "Maximum")
+    assert points and {v for _, v in points} == {2}  # -smp 2, both online in the guest
+
+
 def test_guest_memory_from_the_balloon(run_result: dict[str, Any]) -> None:
     dims = {"InstanceId": run_result["vm"].instance_id}
     [(_, total_max)] = fetch(run_result, "CWAgent", "mem_total", dims, "Bytes", "Maximum")[:1]

@@ -223,3 +223,19 @@ def test_queue_length_from_timed_stats() -> None:
     assert queue_length(d, 60.0, None) == 1.0  # Little's law: 60 s queued in a 60 s period
     # Recorded replies without stats-intervals carry an empty timed_stats.
     assert parse_timed_depth(recorded("qmp-query-blockstats")) == {}
+
+
+def test_vcpus_online() -> None:
+    from collectors.guest_vcpus import parse_vcpus
+
+    assert parse_vcpus(recorded("qga-guest-get-vcpus")) == 2
+    rejected: Counter[str] = Counter()
+    reply = [
+        {"logical-id": 0, "online": True},
+        {"logical-id": 1, "online": False},
+        {"logical-id": 1, "online": True},
+        {"logical-id": "2", "online": True},
+        "x",
+    ]
+    assert parse_vcpus(reply, 256, rejected) == 1
+    assert rejected == Counter({"vcpus.bad_entry": 3})

@@ -1,0 +1,48 @@
+"""GuestVCPUsOnline from the guest agent's guest-get-vcpus: how many of the VM's vCPUs the
+guest has online (a guest can take vCPUs offline; CPUUtilization's denominator is the VM's
+configured vCPUs). Sent with the cpu plugin, in the EC2 family (no AWS or CloudWatch Agent
+metric says this)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from hiveagent.collector import Collector, Emitter, VmContext
+
+
+def parse_vcpus(reply: Any, limit: int = 256, rejected: Counter[str] | None = None) -> int:
+    """The number of vCPUs the guest reports online (each entry checked)."""
+    if not isinstance(reply, list):
+        raise ValueError("guest-get-vcpus: reply is not a list")
+    rejected = Counter() if rejected is None else rejected
+    online = 0
+    seen = set()
+    for entry in reply[:limit]:
+        lid = entry.get("logical-id") if isinstance(entry, dict) else None
+        if lid.__class__ is not int or lid in seen or not isinstance(entry.get("online"), bool):
+            rejected["vcpus.bad_entry"] += 1
+            continue
+        seen.add(lid)
+        online += entry["online"]
+    if len(reply) > limit:
+        rejected["vcpus.over_limit"] += len(reply) - limit
+    return online
+
+
+class GuestVcpus(Collector[int]):
+    name = "guest_vcpus"
+    qga_command = "guest-get-vcpus"
+
+    def enabled(self, config: object) -> bool:
+        return getattr(config, "cpu", None) is not None and bool(
+            getattr(config, "ec2_enabled", True)
+        )
+
+    async def sample(self, ctx: VmContext) -> int:
+        assert ctx.qga is not None
+        reply = await ctx.qga.execute("guest-get-vcpus")
+        return parse_vcpus(reply, ctx.config.limits.max_cpus, ctx.rejected)
+
+    def emit(self, prev: int | None, cur: int, ctx: VmContext, out: Emitter) -> None:
+        out.emit("GuestVCPUsOnline", cur, {"InstanceId": ctx.spec.instance_id})
