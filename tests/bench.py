@@ -14,9 +14,11 @@ Each measurement runs in its own child process, so CPU time and peak RSS are its
 - agent: `Agent.cycle()` with every registered collector, then the datums spooled (fsync) and
   sent to moto. Two warm-up cycles (connections, priming, guest-info), then `--cycles` measured.
 - floor: the same socket round trips per VM and cycle, done by a minimal asyncio client that
-  parses and computes nothing: QMP query-status, query-chardev and query-blockstats on a
-  long-lived connection; reads of /proc/<pid>/stat and /proc/<pid>/net/dev; a guest agent
-  connection with 0xFF + guest-sync-delimited and guest-get-fsinfo, closed again.
+  parses and computes nothing: QMP query-status, query-chardev, query-blockstats and qom-get of
+  the balloon's guest-stats on a long-lived connection; reads of /proc/<pid>/stat,
+  /proc/<pid>/net/dev and each vCPU thread's schedstat; a guest agent connection with 0xFF +
+  guest-sync-delimited, then guest-get-fsinfo, -cpustats, -diskstats,
+  guest-network-get-interfaces and guest-get-vcpus, closed again.
 
 This is a script that prints figures, not a test; figures depend on the machine (it is printed).
 """
@@ -172,7 +174,13 @@ async def measure_agent(
             "agent": {"metrics_collection_interval": 60, "region": "us-east-1"},
             "metrics": {
                 "endpoint_override": endpoint,
-                "metrics_collected": {"disk": {"resources": ["*"]}},
+                "metrics_collected": {
+                    "disk": {"resources": ["*"]},
+                    "cpu": {"resources": ["*"], "totalcpu": True},
+                    "diskio": {"resources": ["*"]},
+                    "net": {"resources": ["*"]},
+                    "mem": {},
+                },
             },
             "hypervisor": {
                 "discovery": {"spinifex": {"run_dir": run_dir}},
@@ -234,7 +242,7 @@ async def measure_agent(
 async def measure_floor(run_dir: str, cycles: int) -> dict[str, Any]:
     sidecars = [json.loads(p.read_text()) for p in sorted(Path(run_dir).glob("*.json"))]
     limit = asyncio.Semaphore(CONCURRENCY)
-    qmp: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, int]] = []
+    qmp: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, int, list[int]]] = []
     for s in sidecars:
         reader, writer = await asyncio.open_unix_connection(s["socket"])
         await reader.readline()  # greeting
@@ -246,7 +254,9 @@ async def measure_floor(run_dir: str, cycles: int) -> dict[str, Any]:
 
         creds = sock.getsockopt(socket_mod.SOL_SOCKET, socket_mod.SO_PEERCRED, 12)
         pid = struct.unpack("3i", creds)[0]
-        qmp.append((reader, writer, pid))
+        writer.write(b'{"execute":"query-cpus-fast"}\n')
+        cpus = json.loads(await reader.readline())["return"]
+        qmp.append((reader, writer, pid, [c["thread-id"] for c in cpus]))
 
     async def reply(reader: asyncio.StreamReader) -> bytes:
         while True:
@@ -256,21 +266,30 @@ async def measure_floor(run_dir: str, cycles: int) -> dict[str, Any]:
 
     async def one(i: int) -> None:
         async with limit:
-            reader, writer, pid = qmp[i]
-            for cmd in (b"query-status", b"query-chardev", b"query-blockstats"):
-                writer.write(b'{"execute":"' + cmd + b'"}\n')
+            reader, writer, pid, tids = qmp[i]
+            for cmd in (
+                b'{"execute":"query-status"}',
+                b'{"execute":"query-chardev"}',
+                b'{"execute":"query-blockstats"}',
+                b'{"execute":"qom-get","arguments":{"path":"/machine/peripheral/balloon0",'
+                b'"property":"guest-stats"}}',
+            ):
+                writer.write(cmd + b"\n")
                 await reply(reader)
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                f.read()
-            with open(f"/proc/{pid}/net/dev", "rb") as f:
-                f.read()
+            for path in (f"/proc/{pid}/stat", f"/proc/{pid}/net/dev",
+                         *(f"/proc/{pid}/task/{t}/schedstat" for t in tids)):  # fmt: skip
+                with open(path, "rb") as f:
+                    f.read()
             r, w = await asyncio.open_unix_connection(sidecars[i]["qga_socket"])
             sync_id = random.randrange(1 << 31)
             w.write(b'\xff{"execute":"guest-sync-delimited","arguments":{"id":%d}}\n' % sync_id)
             while str(sync_id).encode() not in await r.readline():
                 pass
-            w.write(b'{"execute":"guest-get-fsinfo","id":1}\n')
-            await r.readline()
+            for n, cmd in enumerate((b"guest-get-fsinfo", b"guest-get-cpustats",
+                                     b"guest-get-diskstats", b"guest-network-get-interfaces",
+                                     b"guest-get-vcpus")):  # fmt: skip
+                w.write(b'{"execute":"' + cmd + b'","id":%d}\n' % n)
+                await r.readline()
             w.close()
             await w.wait_closed()
 
@@ -281,7 +300,7 @@ async def measure_floor(run_dir: str, cycles: int) -> dict[str, Any]:
         await asyncio.gather(*(one(i) for i in range(len(qmp))))
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - t0)
-    for _, writer, _ in qmp:
+    for _, writer, _, _ in qmp:
         writer.close()
     return {
         "vms": len(qmp),

@@ -25,7 +25,11 @@ from tests.harness import guest_exec
 
 pytestmark = pytest.mark.vm
 
-SCRATCH_WRITE = "dd if=/dev/zero of=/dev/vdb bs=4096 count=256 oflag=direct 2>/dev/null"
+SCRATCH_WRITE = (
+    "dd if=/dev/zero of=/dev/vdb bs=4096 count=256 oflag=direct 2>/dev/null"
+    # and 128 direct reads of 4 KiB from the same scratch disk
+    " && dd if=/dev/vdb of=/dev/null bs=4096 count=128 iflag=direct 2>/dev/null"
+)
 ROOT = os.geteuid() == 0
 
 
@@ -131,6 +135,8 @@ def test_volume_write_matches_known_workload(run_result: dict[str, Any]) -> None
     scratch = {"VolumeId": vm.volumes[1].volume_id}
     assert total(fetch(run_result, "Hive/EBS", "VolumeWriteBytes", scratch, "Bytes")) == 1024 * 1024
     assert total(fetch(run_result, "Hive/EBS", "VolumeWriteOps", scratch, "Count")) == 256
+    assert total(fetch(run_result, "Hive/EBS", "VolumeReadOps", scratch, "Count")) == 128
+    assert total(fetch(run_result, "Hive/EBS", "VolumeReadBytes", scratch, "Bytes")) == 128 * 4096
     assert total(fetch(run_result, "Hive/EBS", "VolumeTotalWriteTime", scratch, "Seconds")) > 0
     queue = fetch(run_result, "Hive/EBS", "VolumeQueueLength", scratch, "Count", "Maximum")
     assert queue and 0 < max(v for _, v in queue) < 64
@@ -214,7 +220,8 @@ def test_guest_diskio_matches_known_workload(run_result: dict[str, Any]) -> None
     assert total(fetch(run_result, "CWAgent", "diskio_write_bytes", dims, "Bytes")) == 1 << 20
     assert total(fetch(run_result, "CWAgent", "diskio_writes", dims, "Count")) == 256
     assert total(fetch(run_result, "CWAgent", "diskio_write_time", dims, "Milliseconds")) > 0
-    assert total(fetch(run_result, "CWAgent", "diskio_reads", dims, "Count")) == 0
+    assert total(fetch(run_result, "CWAgent", "diskio_reads", dims, "Count")) == 128
+    assert total(fetch(run_result, "CWAgent", "diskio_read_bytes", dims, "Bytes")) == 128 * 4096
 
 
 def test_guest_cpu_sees_the_burn(run_result: dict[str, Any]) -> None:
