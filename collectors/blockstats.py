@@ -7,14 +7,18 @@ One entry per guest device; only the top-level `stats` carries counters. The dev
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from collectors.guest_diskio import parse_diskstats
 from hiveagent.collector import Collector, Emitter, VmContext
-from hiveagent.counters import counter_deltas
+from hiveagent.counters import counter_delta, counter_deltas
+from hiveagent.qmp import QmpError
+from qga.client import QgaError
 
 COUNTERS = (
     "rd_bytes",
@@ -24,6 +28,7 @@ COUNTERS = (
     "rd_total_time_ns",
     "wr_total_time_ns",
 )
+log = logging.getLogger(__name__)
 MAX_DEVICES = 256
 _VOL_RE = re.compile(r"vol-[0-9a-f]{8,17}")
 _U64_MAX = (1 << 64) - 1
@@ -38,6 +43,9 @@ class BlockSample:
     # QEMU's own average queue depth (rd + wr) per accounting interval, for devices configured
     # with stats-intervals: {device: {interval_length_s: depth}}
     timed_depth: dict[str, dict[int, float]] = field(default_factory=dict)
+    # The guest's own busy time per volume (diskstats total-ticks, ms), when the guest disk
+    # behind each volume is known: the best VolumeIdleTime estimate.
+    guest_busy_ms: dict[str, int] = field(default_factory=dict)
 
 
 def device_name(entry: dict[str, Any]) -> str | None:
@@ -140,16 +148,84 @@ def parse_blockstats(
     return out
 
 
-def idle_time_s(d: dict[str, int], period_s: float, idle_ns: int | None) -> float:
+def idle_time_s(
+    d: dict[str, int], period_s: float, idle_ns: int | None, guest_busy_ms: int | None = None
+) -> float:
     """VolumeIdleTime: seconds without I/O in the period. QEMU keeps no cumulative idle
-    counter: with no operation in the period it is exactly the period; otherwise the best
-    estimate QEMU offers is the time since the last operation (`idle_time_ns`), a lower bound
-    (idle gaps between operations earlier in the period are not counted)."""
+    counter. With no operation in the period it is exactly the period. Otherwise, best: the
+    period minus the guest's own busy time for that disk (diskstats total-ticks delta, when the
+    guest disk behind the volume is known); else QEMU's time since the last operation
+    (`idle_time_ns`), a lower bound (idle gaps earlier in the period are not counted)."""
     if d["rd_operations"] == 0 and d["wr_operations"] == 0:
         return period_s
+    if guest_busy_ms is not None:
+        return min(period_s, max(0.0, period_s - guest_busy_ms / 1000))
     if idle_ns is None:
         return 0.0
     return min(period_s, idle_ns / 1e9)
+
+
+def parse_query_pci(reply: Any) -> dict[tuple[int, int, int], str]:
+    """(bus, slot, function) -> qdev id of every PCI device that has one, bridges included."""
+    out: dict[tuple[int, int, int], str] = {}
+
+    def walk(devices: Any) -> None:
+        for dev in devices if isinstance(devices, list) else []:
+            if not isinstance(dev, dict):
+                continue
+            addr = tuple(dev.get(k) for k in ("bus", "slot", "function"))
+            qdev = dev.get("qdev_id")
+            if all(v.__class__ is int for v in addr) and isinstance(qdev, str) and qdev:
+                out[addr] = qdev  # type: ignore[index]
+            bridge = dev.get("pci_bridge")
+            if isinstance(bridge, dict):
+                walk(bridge.get("devices"))
+
+    for bus in reply if isinstance(reply, list) else []:
+        if isinstance(bus, dict):
+            walk(bus.get("devices"))
+    return out
+
+
+def map_guest_disks(
+    disks: Any, pci: dict[tuple[int, int, int], str], instance_id: str
+) -> dict[str, str]:
+    """Guest disk name (vdb) -> VolumeId, through the PCI address qemu-ga reports for each disk
+    (guest-get-disks `address.pci-controller`) and the qdev id QEMU has at that address. Works
+    without udev in the guest, unlike serials."""
+    out = {}
+    for disk in disks if isinstance(disks, list) else []:
+        if not isinstance(disk, dict) or disk.get("partition") is not False:
+            continue
+        name, address = disk.get("name"), disk.get("address")
+        ctl = address.get("pci-controller") if isinstance(address, dict) else None
+        if not isinstance(name, str) or not isinstance(ctl, dict):
+            continue
+        qdev = pci.get((ctl.get("bus"), ctl.get("slot"), ctl.get("function")))  # type: ignore[arg-type]
+        if qdev and _VOL_RE.search(qdev):
+            out[name.rsplit("/", 1)[-1]] = volume_id(qdev, instance_id)
+    return out
+
+
+DISK_MAP_RESCAN_CYCLES = 10  # hot-plugged disks appear within this many cycles
+
+
+async def guest_busy_by_volume(ctx: VmContext) -> dict[str, int]:
+    """Volume -> the guest's cumulative busy ms for its disk; {} when it cannot be known."""
+    needed = {"guest-get-disks", "guest-get-diskstats"}
+    if ctx.config.diskio is None or ctx.qga is None or not needed <= ctx.qga_commands:
+        return {}
+    cached = ctx.cache.get("guest_disk_volumes")
+    if cached is None or cached[0] >= DISK_MAP_RESCAN_CYCLES:
+        pci = parse_query_pci(await ctx.qmp.execute("query-pci"))
+        cached = [0, map_guest_disks(await ctx.qga_call("guest-get-disks"), pci,
+                                     ctx.spec.instance_id)]  # fmt: skip
+    cached[0] += 1
+    ctx.cache["guest_disk_volumes"] = cached
+    if not cached[1]:
+        return {}
+    stats = parse_diskstats(await ctx.qga_call("guest-get-diskstats"), ctx.config.limits.max_disks)
+    return {vol: stats[name]["total-ticks"] for name, vol in cached[1].items() if name in stats}
 
 
 def volume_values(
@@ -157,10 +233,11 @@ def volume_values(
     period_s: float,
     idle_ns: int | None = None,
     timed: dict[int, float] | None = None,
+    guest_busy_ms: int | None = None,
 ) -> dict[str, float]:
     """Per-period EBS values from one device's counter deltas."""
     return {
-        "VolumeIdleTime": idle_time_s(d, period_s, idle_ns),
+        "VolumeIdleTime": idle_time_s(d, period_s, idle_ns, guest_busy_ms),
         "VolumeReadOps": d["rd_operations"],
         "VolumeWriteOps": d["wr_operations"],
         "VolumeReadBytes": d["rd_bytes"],
@@ -183,7 +260,13 @@ class BlockStats(Collector[BlockSample]):
         devices = parse_blockstats(reply, ctx.config.limits.max_block_devices, ctx.rejected)
         idle = {k: v for k, v in parse_idle_ns(reply).items() if k in devices}
         timed = {k: v for k, v in parse_timed_depth(reply).items() if k in devices}
-        return BlockSample(ctx.pid, time.monotonic(), devices, idle, timed)
+        try:
+            busy = await guest_busy_by_volume(ctx)
+        except (QgaError, QmpError, ValueError) as exc:
+            ctx.rejected["blockstats.guest_busy_unavailable"] += 1
+            log.debug("vm %s: guest disk busy time: %s", ctx.spec.instance_id, exc)
+            busy = {}
+        return BlockSample(ctx.pid, time.monotonic(), devices, idle, timed, busy)
 
     def emit(
         self, prev: BlockSample | None, cur: BlockSample, ctx: VmContext, out: Emitter
@@ -199,8 +282,12 @@ class BlockStats(Collector[BlockSample]):
         if ctx.config.ebs_enabled:
             for device, d in deltas.items():
                 dims = {"VolumeId": volume_id(device, ctx.spec.instance_id)}
+                vol = dims["VolumeId"]
+                busy = None
+                if vol in cur.guest_busy_ms and vol in prev.guest_busy_ms:
+                    busy = counter_delta(prev.guest_busy_ms[vol], cur.guest_busy_ms[vol])
                 values = volume_values(
-                    d, period, cur.idle_ns.get(device), cur.timed_depth.get(device)
+                    d, period, cur.idle_ns.get(device), cur.timed_depth.get(device), busy
                 )
                 for name, value in values.items():
                     out.emit(name, value, dims)

@@ -5,6 +5,7 @@ in-flight count when sampled. Dimension `name` is the guest's device name."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +32,13 @@ class DiskioSample:
 
 
 def parse_diskstats(
-    reply: Any, limit: int = 64, rejected: Counter[str] | None = None
+    reply: Any,
+    limit: int = 64,
+    rejected: Counter[str] | None = None,
+    wanted: Callable[[str], bool] | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Device name -> its counters (absent ones 0: older kernels lack some)."""
+    """Device name -> its counters (absent ones 0: older kernels lack some); devices `wanted`
+    rejects are skipped before their counters are read."""
     if not isinstance(reply, list):
         raise ValueError("guest-get-diskstats: reply is not a list")
     rejected = Counter() if rejected is None else rejected
@@ -46,6 +51,8 @@ def parse_diskstats(
         stats = entry.get("stats") if isinstance(entry, dict) else None
         if name is None or not isinstance(stats, dict) or name in out:
             rejected["diskstats.bad_entry"] += 1
+            continue
+        if wanted is not None and not wanted(name):
             continue
         values = {f: guest_counter(stats.get(f, 0)) for f in FIELDS}
         if any(v is None for v in values.values()):
@@ -67,8 +74,12 @@ class GuestDiskio(Collector[DiskioSample]):
 
     async def sample(self, ctx: VmContext) -> DiskioSample:
         assert ctx.qga is not None
-        reply = await ctx.qga.execute("guest-get-diskstats")
-        return DiskioSample(parse_diskstats(reply, ctx.config.limits.max_disks, ctx.rejected))
+        reply = await ctx.qga_call("guest-get-diskstats")
+        plugin = ctx.config.diskio
+        wanted = plugin.wants if plugin is not None else None
+        return DiskioSample(
+            parse_diskstats(reply, ctx.config.limits.max_disks, ctx.rejected, wanted)
+        )
 
     def emit(
         self, prev: DiskioSample | None, cur: DiskioSample, ctx: VmContext, out: Emitter

@@ -6,6 +6,7 @@ skipped."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +31,13 @@ class NetSample:
 
 
 def parse_interfaces(
-    reply: Any, limit: int = 32, rejected: Counter[str] | None = None
+    reply: Any,
+    limit: int = 32,
+    rejected: Counter[str] | None = None,
+    wanted: Callable[[str], bool] | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Interface name -> its eight counters, for interfaces that report statistics."""
+    """Interface name -> its eight counters, for interfaces that report statistics (and that
+    `wanted` accepts: the others are skipped before their counters are read)."""
     if not isinstance(reply, list):
         raise ValueError("guest-network-get-interfaces: reply is not a list")
     rejected = Counter() if rejected is None else rejected
@@ -50,6 +55,8 @@ def parse_interfaces(
             continue  # no statistics for this interface: nothing to report
         if name is None or not isinstance(stats, dict) or name in out:
             rejected["interfaces.bad_entry"] += 1
+            continue
+        if wanted is not None and not wanted(name):
             continue
         values = {f: guest_counter(stats.get(f)) for f in METRIC}
         if any(v is None for v in values.values()):
@@ -72,7 +79,11 @@ class GuestNet(Collector[NetSample]):
     async def sample(self, ctx: VmContext) -> NetSample:
         assert ctx.qga is not None
         reply = await ctx.qga.execute("guest-network-get-interfaces")
-        return NetSample(parse_interfaces(reply, ctx.config.limits.max_interfaces, ctx.rejected))
+        plugin = ctx.config.net
+        wanted = plugin.wants if plugin is not None else None
+        return NetSample(
+            parse_interfaces(reply, ctx.config.limits.max_interfaces, ctx.rejected, wanted)
+        )
 
     def emit(self, prev: NetSample | None, cur: NetSample, ctx: VmContext, out: Emitter) -> None:
         plugin = ctx.config.net

@@ -410,8 +410,9 @@ CATALOG: dict[str, MetricSpec] = {
             _EBS,
             "QMP query-blockstats",
             "Seconds without I/O in the period: exactly the period when no operation "
-            "happened; otherwise QEMU's idle_time_ns (time since the last operation), a lower "
-            "bound, capped at the period.",
+            "happened; otherwise the period minus the guest's busy time for the disk behind "
+            "the volume (diskstats total-ticks; disk found by PCI address, needs the diskio "
+            "plugin), else QEMU's idle_time_ns (time since the last operation, a lower bound).",
         ),
         MetricSpec(
             "VolumeQueueLength",

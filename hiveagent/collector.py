@@ -20,7 +20,7 @@ from hiveagent.config import Config
 from hiveagent.discovery import VmSpec
 from hiveagent.model import Datum
 from hiveagent.qmp import QmpSession
-from qga.client import QgaClient
+from qga.client import QgaClient, QgaClosedError
 
 S = TypeVar("S")
 
@@ -44,6 +44,17 @@ class VmContext:
     # Guest (or QEMU) input thrown away this cycle, by reason ("<collector>.<why>"): counted
     # per VM and in the agent's stats by the framework.
     rejected: Counter[str] = field(default_factory=Counter)
+    qga_replies: dict[str, Any] = field(default_factory=dict)  # this cycle's, by command
+
+    async def qga_call(self, command: str) -> Any:
+        """A guest agent command's reply, asked at most once per VM and cycle (two collectors
+        may need the same reply: guest_diskio and blockstats' idle-time estimate)."""
+        if command not in self.qga_replies:
+            if self.qga is None:
+                raise QgaClosedError(f"{command}: no guest agent connection")
+            self.qga_replies[command] = await self.qga.execute(command)
+        return self.qga_replies[command]
+
     cache: dict[str, Any] = field(default_factory=dict)  # per-VM, lives as long as the pid
 
 

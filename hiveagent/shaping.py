@@ -89,6 +89,8 @@ def vm_dimensions(config: Config, spec: VmSpec, meta: VmMetadata) -> dict[str, s
     """The metrics-wide append_dimensions resolved for one VM."""
     out = {}
     for name, template in config.append_dimensions:
+        if name == "InstanceId" and template == "${aws:InstanceId}":
+            continue  # every in-guest datum carries InstanceId already
         field = TEMPLATES.get(template)
         if field is None:
             out[name] = template  # a static custom dimension
@@ -100,11 +102,12 @@ def vm_dimensions(config: Config, spec: VmSpec, meta: VmMetadata) -> dict[str, s
 
 
 def plugin_shaping(config: Config) -> dict[str, Shaping]:
-    """Metric-name prefix (cpu, disk, ...) -> that plugin's shaping."""
+    """Metric-name prefix (cpu, disk, ...) -> that plugin's shaping, for plugins that have
+    any (an empty dict lets `shape` pass datums through untouched)."""
     out = {}
     for prefix in ("cpu", "disk", "diskio", "net", "mem"):
         plugin: Any = getattr(config, prefix, None)
-        if plugin is not None:
+        if plugin is not None and plugin.shaping != Shaping():
             out[prefix] = plugin.shaping
     return out
 

@@ -177,8 +177,10 @@ async def measure_agent(
                 "metrics_collected": {
                     "disk": {"resources": ["*"]},
                     "cpu": {"resources": ["*"], "totalcpu": True},
-                    "diskio": {"resources": ["*"]},
-                    "net": {"resources": ["*"]},
+                    # The peers' guest agent is the host's qemu-ga: it reports the host's devices
+                    # (dozens of loop devices, several interfaces). Send what a typical VM has.
+                    "diskio": {"resources": ["vda"]},
+                    "net": {"resources": ["lo", "eth0"]},
                     "mem": {},
                 },
             },

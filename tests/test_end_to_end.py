@@ -142,6 +142,25 @@ def test_volume_write_matches_known_workload(run_result: dict[str, Any]) -> None
     assert queue and 0 < max(v for _, v in queue) < 64
 
 
+def test_volume_idle_time_from_the_guest(run_result: dict[str, Any]) -> None:
+    """With the guest disk behind the volume known (PCI address), VolumeIdleTime in a period
+    with I/O is the period minus the guest's busy time for that disk: idle + busy = period."""
+    vm = run_result["vm"]
+    scratch = {"VolumeId": vm.volumes[1].volume_id}
+    idle = total(fetch(run_result, "Hive/EBS", "VolumeIdleTime", scratch, "Seconds"))
+    n = total(fetch(run_result, "Hive/EBS", "VolumeIdleTime", scratch, "Seconds", "SampleCount"))
+    busy_ms = total(
+        fetch(run_result, "CWAgent", "diskio_io_time",
+              {"InstanceId": vm.instance_id, "name": "vdb"}, "Milliseconds")
+    )  # fmt: skip
+    assert busy_ms > 0
+    # Periods are at least the 2 s interval (longer when a TCG cycle overran a tick), and
+    # together no longer than the run: idle + busy is their sum.
+    assert 2.0 * n * 0.95 <= idle + busy_ms / 1000 <= run_result["t1"] - run_result["t0"]
+    lowest = fetch(run_result, "Hive/EBS", "VolumeIdleTime", scratch, "Seconds", "Minimum")
+    assert min(v for _, v in lowest) < 2.0
+
+
 def test_instance_disk_sums_equal_volume_sums(run_result: dict[str, Any]) -> None:
     vm = run_result["vm"]
     inst = {"InstanceId": vm.instance_id}

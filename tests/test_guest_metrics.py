@@ -239,3 +239,27 @@ def test_vcpus_online() -> None:
     ]
     assert parse_vcpus(reply, 256, rejected) == 1
     assert rejected == Counter({"vcpus.bad_entry": 3})
+
+
+def test_guest_disks_map_to_volumes_through_pci() -> None:
+    """query-pci and guest-get-disks recorded together from the harness's VM 1 (QEMU 7.2 and
+    the test guest: no udev, so no serials, PCI addresses only)."""
+    from collectors.blockstats import map_guest_disks, parse_query_pci
+
+    pci = parse_query_pci(recorded("qmp-query-pci"))
+    assert pci[(0, 4, 0)] == "vdisk-vol-0000000000000b010"
+    assert pci[(0, 5, 0)] == "vdisk-vol-0000000000000b011"
+    disks = recorded("qga-guest-get-disks")
+    assert map_guest_disks(disks, pci, "i-0000000000000a001") == {
+        "vda": "vol-0000000000000b010",
+        "vdb": "vol-0000000000000b011",
+    }
+
+
+def test_idle_time_from_guest_busy_time() -> None:
+    from collectors.blockstats import idle_time_s
+
+    busy = {"rd_operations": 3, "wr_operations": 4}
+    assert idle_time_s(busy, 60.0, 1_000_000_000, guest_busy_ms=12_500) == 47.5
+    assert idle_time_s(busy, 60.0, None, guest_busy_ms=90_000) == 0.0  # clipped
+    assert idle_time_s(dict.fromkeys(busy, 0), 60.0, None, guest_busy_ms=5) == 60.0  # no I/O

@@ -59,8 +59,8 @@ def test_append_dimensions_templates_and_static(tmp_path: Path) -> None:
     files = MetadataFiles(config.instance_metadata)
     dims = vm_dimensions(config, SPEC, files.get(SPEC.instance_id))
     # The sidecar wins over the metadata file; the file fills what the sidecar lacks.
+    # (InstanceId is not in it: every in-guest datum carries it already.)
     assert dims == {
-        "InstanceId": SPEC.instance_id,
         "ImageId": "ami-0abc",
         "InstanceType": "m5.large",
         "AutoScalingGroupName": "web",
@@ -68,10 +68,7 @@ def test_append_dimensions_templates_and_static(tmp_path: Path) -> None:
     }
     # Unknown for a VM: the dimension is left out.
     bare = VmSpec("i-0123456789abcdef1", "/y", None, 1, None, 60, None, "test")
-    assert vm_dimensions(config, bare, files.get(bare.instance_id)) == {
-        "InstanceId": bare.instance_id,
-        "Team": "storage",
-    }
+    assert vm_dimensions(config, bare, files.get(bare.instance_id)) == {"Team": "storage"}
     out = shape(
         [
             datum("mem_used_percent", InstanceId=SPEC.instance_id),
@@ -81,7 +78,7 @@ def test_append_dimensions_templates_and_static(tmp_path: Path) -> None:
         dims,
         {},
     )
-    assert dict(out[0].dimensions) == dims
+    assert dict(out[0].dimensions) == {"InstanceId": SPEC.instance_id, **dims}
     assert out[1].dimensions == (("InstanceId", SPEC.instance_id),)  # EC2 family untouched
 
 
