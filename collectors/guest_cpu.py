@@ -75,17 +75,12 @@ def total_of(cpus: dict[int, dict[str, int]]) -> dict[str, int]:
 
 class GuestCpu(Collector[CpuSample]):
     name = "guest_cpu"
+    plugin = "cpu"
     qga_command = "guest-get-cpustats"
-
-    def enabled(self, config: object) -> bool:
-        return getattr(config, "cpu", None) is not None
-
-    def interval_s(self, config: Any) -> int | None:
-        return config.cpu.interval_s if config.cpu is not None else None
 
     async def sample(self, ctx: VmContext) -> CpuSample:
         assert ctx.qga is not None
-        reply = await ctx.qga.execute("guest-get-cpustats")
+        reply = await ctx.qga_call("guest-get-cpustats")
         return CpuSample(parse_cpustats(reply, ctx.config.limits.max_cpus, ctx.rejected))
 
     def emit(self, prev: CpuSample | None, cur: CpuSample, ctx: VmContext, out: Emitter) -> None:

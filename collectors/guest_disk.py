@@ -109,17 +109,12 @@ def disk_values(fs: FsRecord) -> dict[str, float]:
 
 class GuestDisk(Collector[list[FsRecord]]):
     name = "guest_disk"
+    plugin = "disk"
     qga_command = "guest-get-fsinfo"
-
-    def enabled(self, config: object) -> bool:
-        return getattr(config, "disk", None) is not None
-
-    def interval_s(self, config: Any) -> int | None:
-        return config.disk.interval_s if config.disk is not None else None
 
     async def sample(self, ctx: VmContext) -> list[FsRecord]:
         assert ctx.qga is not None
-        reply = await ctx.qga.execute("guest-get-fsinfo")
+        reply = await ctx.qga_call("guest-get-fsinfo")
         return parse_fsinfo(reply, ctx.config.limits.max_filesystems, ctx.rejected)
 
     def emit(

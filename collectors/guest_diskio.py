@@ -64,13 +64,8 @@ def parse_diskstats(
 
 class GuestDiskio(Collector[DiskioSample]):
     name = "guest_diskio"
+    plugin = "diskio"
     qga_command = "guest-get-diskstats"
-
-    def enabled(self, config: object) -> bool:
-        return getattr(config, "diskio", None) is not None
-
-    def interval_s(self, config: Any) -> int | None:
-        return config.diskio.interval_s if config.diskio is not None else None
 
     async def sample(self, ctx: VmContext) -> DiskioSample:
         assert ctx.qga is not None

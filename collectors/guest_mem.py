@@ -95,12 +95,7 @@ async def find_balloon(ctx: VmContext) -> str | None:
 
 class GuestMem(Collector[MemSample | None]):
     name = "guest_mem"
-
-    def enabled(self, config: object) -> bool:
-        return getattr(config, "mem", None) is not None
-
-    def interval_s(self, config: Any) -> int | None:
-        return config.mem.interval_s if config.mem is not None else None
+    plugin = "mem"
 
     async def sample(self, ctx: VmContext) -> MemSample | None:
         path = await find_balloon(ctx)

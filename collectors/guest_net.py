@@ -68,17 +68,12 @@ def parse_interfaces(
 
 class GuestNet(Collector[NetSample]):
     name = "guest_net"
+    plugin = "net"
     qga_command = "guest-network-get-interfaces"
-
-    def enabled(self, config: object) -> bool:
-        return getattr(config, "net", None) is not None
-
-    def interval_s(self, config: Any) -> int | None:
-        return config.net.interval_s if config.net is not None else None
 
     async def sample(self, ctx: VmContext) -> NetSample:
         assert ctx.qga is not None
-        reply = await ctx.qga.execute("guest-network-get-interfaces")
+        reply = await ctx.qga_call("guest-network-get-interfaces")
         plugin = ctx.config.net
         wanted = plugin.wants if plugin is not None else None
         return NetSample(

@@ -34,14 +34,14 @@ class GuestVcpus(Collector[int]):
     name = "guest_vcpus"
     qga_command = "guest-get-vcpus"
 
-    def enabled(self, config: object) -> bool:
-        return getattr(config, "cpu", None) is not None and bool(
-            getattr(config, "ec2_enabled", True)
-        )
+    plugin = "cpu"  # sent with the cpu plugin, at its interval
+
+    def enabled(self, config: Any) -> bool:
+        return super().enabled(config) and bool(config.ec2_enabled)
 
     async def sample(self, ctx: VmContext) -> int:
         assert ctx.qga is not None
-        reply = await ctx.qga.execute("guest-get-vcpus")
+        reply = await ctx.qga_call("guest-get-vcpus")
         return parse_vcpus(reply, ctx.config.limits.max_cpus, ctx.rejected)
 
     def emit(self, prev: int | None, cur: int, ctx: VmContext, out: Emitter) -> None:

@@ -68,6 +68,14 @@ class VmRuntime:
         self.qga_seen = False
 
 
+def count_timeout(rt: VmRuntime, exc: Exception) -> None:
+    """Per-VM QMP and guest agent timeouts (the QmpTimeouts/QgaTimeouts self-metrics)."""
+    if isinstance(exc, QmpTimeout):
+        rt.errors["qmp_timeout"] += 1
+    elif isinstance(exc, QgaTimeout):
+        rt.errors["qga_timeout"] += 1
+
+
 def settle_memory() -> None:
     """After start-up (imports, connections, first samples), move every object alive into the
     garbage collector's permanent generation: they live as long as the daemon, and the cyclic
@@ -160,17 +168,15 @@ class Agent:
 
     async def connect_vm(self, rt: VmRuntime, ctx: VmContext) -> str | None:
         """QMP up, pid known, run status read; returns the guest agent socket to use, if any."""
+        status = None
         if rt.qmp.connected:
             try:
                 status = await rt.qmp.execute("query-status")
             except (QmpTimeout, QmpCommandError):
                 raise
             except QmpError:
-                # The connection died since the last cycle (QEMU restarted or was killed):
-                # reconnect once now rather than report a cycle of failure for a restart.
-                await rt.qmp.connect()
-                status = await rt.qmp.execute("query-status")
-        else:
+                pass  # the connection died since the last cycle (QEMU restarted): reconnect
+        if status is None:
             await rt.qmp.connect()
             status = await rt.qmp.execute("query-status")
         if rt.qmp.pid != rt.pid:
@@ -216,8 +222,7 @@ class Agent:
         except QmpError as exc:
             ctx.qmp_error = str(exc)
             rt.errors["qmp"] += 1
-            if isinstance(exc, QmpTimeout):
-                rt.errors["qmp_timeout"] += 1
+            count_timeout(rt, exc)
             self.stats["qmp_errors"] += 1
             if rt.last_error != ctx.qmp_error:
                 log.warning("vm %s: QMP: %s", rt.spec.instance_id, exc)
@@ -282,8 +287,7 @@ class Agent:
             rt.guest_info = None
             ctx.qga_error = str(exc)
             rt.errors["qga"] += 1
-            if isinstance(exc, QgaTimeout):
-                rt.errors["qga_timeout"] += 1
+            count_timeout(rt, exc)
             self.stats["qga_errors"] += 1
             rt.qga_state = f"error: {exc}"
             if rt.last_error != ctx.qga_error:
@@ -314,10 +318,7 @@ class Agent:
         except (QmpError, QgaError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
             rt.errors[collector.name] += 1
             self.stats[f"collector_errors.{collector.name}.{type(exc).__name__}"] += 1
-            if isinstance(exc, QmpTimeout):
-                rt.errors["qmp_timeout"] += 1
-            elif isinstance(exc, QgaTimeout):
-                rt.errors["qga_timeout"] += 1
+            count_timeout(rt, exc)
             self.stats[f"collector_errors.{collector.name}"] += 1
             rt.last_error = f"{collector.name}: {exc}"
             ctx.collector_failed = True

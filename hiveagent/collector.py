@@ -128,12 +128,17 @@ class Collector(ABC, Generic[S]):
     needs_qmp: ClassVar[bool] = True  # skipped when QMP is down
     qga_command: ClassVar[str | None] = None  # skipped unless the guest agent has it enabled
 
+    # The metrics.metrics_collected section this collector serves ("cpu", "disk", ...): it is
+    # enabled when the section is present and follows its metrics_collection_interval.
+    plugin: ClassVar[str | None] = None
+
     def enabled(self, config: Config) -> bool:
-        return True
+        return self.plugin is None or getattr(config, self.plugin) is not None
 
     def interval_s(self, config: Config) -> int | None:
         """The plugin's own metrics_collection_interval, if it has one (None: every cycle)."""
-        return None
+        section = getattr(config, self.plugin) if self.plugin else None
+        return section.interval_s if section is not None else None
 
     @abstractmethod
     async def sample(self, ctx: VmContext) -> S:

@@ -86,6 +86,8 @@ def detailed_copies(
     datums: list[Datum], image_id: str | None, instance_type: str | None
 ) -> list[Datum]:
     """The ImageId and InstanceType aggregate series of a detailed VM's EC2 datums."""
+    if not image_id and not instance_type:
+        return datums  # the common case: nothing known, nothing to copy
     extra = []
     for d in datums:
         if passes_through(d):

@@ -20,6 +20,7 @@ Every datum that is not delivered is counted by reason (`dropped.<reason>`) and 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_DATUMS_PER_REQUEST = 1000
 MAX_REQUEST_BYTES = 1_000_000
 REQUEST_OVERHEAD_BYTES = 2_000
+SCAN_AHEAD = 2000  # pending records looked at to fill one request
 MAX_AGE_S = 14 * 86400 - 600  # the endpoint's limit, with a margin for clock skew
 RETRYABLE_CODES = frozenset(
     {
@@ -301,27 +303,32 @@ class Publisher:
         return True
 
     def _next_request(self) -> list[tuple[Record, list[Datum]]]:
-        """The oldest pending record plus later ones of its namespace, within request limits.
+        """The oldest pending record plus later ones of its namespace, within request limits
+        (looking at most SCAN_AHEAD records ahead, so draining a long backlog stays linear).
         Unreadable records and datums too old for the endpoint are dropped here."""
         group: list[tuple[Record, list[Datum]]] = []
+        finished: list[Record] = []  # nothing left to send in them
         count = 0
         size = REQUEST_OVERHEAD_BYTES
         namespace = None
         cutoff = time.time() - MAX_AGE_S
-        for record in self.spool.records():
+        for record in itertools.islice(self.spool.pending.values(), SCAN_AHEAD):
             if namespace is not None and record.namespace != namespace:
                 continue
             try:
                 datums = self.spool.load(record)
             except SpoolCorrupt as exc:
                 self.drop(exc.count, "spool_corrupt", str(exc))
-                self.spool.done(record)
+                finished.append(record)
                 continue
             fresh = [d for d in datums if d.timestamp >= cutoff]
-            if len(fresh) < len(datums):
-                self.drop(len(datums) - len(fresh), "too_old", "older than the endpoint accepts")
+            too_old = len(datums) - len(fresh)
+            if too_old > record.too_old_counted:  # counted once, however often retried
+                self.drop(too_old - record.too_old_counted, "too_old",
+                          "older than the endpoint accepts")  # fmt: skip
+                record.too_old_counted = too_old
             if not fresh:
-                self.spool.done(record)
+                finished.append(record)
                 continue
             rsize = sum(datum_wire_size(d) for d in fresh)
             if group and (
@@ -332,6 +339,8 @@ class Publisher:
             group.append((record, fresh))
             count += len(fresh)
             size += rsize
+        for record in finished:
+            self.spool.done(record)
         self.spool.commit()
         return group
 

@@ -29,6 +29,7 @@ from hiveagent.model import Datum
 
 log = logging.getLogger(__name__)
 
+NO_SHAPING = Shaping()
 TEMPLATES = {
     "${aws:InstanceId}": "instance_id",
     "${aws:ImageId}": "image_id",
@@ -107,7 +108,7 @@ def plugin_shaping(config: Config) -> dict[str, Shaping]:
     out = {}
     for prefix in ("cpu", "disk", "diskio", "net", "mem"):
         plugin: Any = getattr(config, prefix, None)
-        if plugin is not None and plugin.shaping != Shaping():
+        if plugin is not None and plugin.shaping != NO_SHAPING:
             out[prefix] = plugin.shaping
     return out
 
@@ -124,10 +125,7 @@ def shape(
         if d.namespace != guest_ns:
             out.append(d)
             continue
-        prefix = d.name.split("_", 1)[0]
-        if prefix == "diskio" or d.name.startswith("diskio_"):
-            prefix = "diskio"
-        s = plugins.get(prefix, Shaping())
+        s = plugins.get(d.name.split("_", 1)[0], NO_SHAPING)  # cpu_..., diskio_..., ...
         dims = dict(d.dimensions)
         dims.update(vm_dims)
         dims.update(s.append_dimensions)

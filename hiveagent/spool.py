@@ -71,6 +71,7 @@ class Record:
     offset: int = 0
     length: int = 0  # header + payload bytes
     datums: Sequence[Datum] | None = None  # kept for memory-only records
+    too_old_counted: int = 0  # datums of it already counted as dropped too_old
 
 
 def encode_payload(namespace: str, datums: Sequence[Datum]) -> bytes:
@@ -164,6 +165,7 @@ class Spool:
         self.disk_ok = True
         self.memory_datums = 0
         self.cached_datums = 0  # disk records whose datums are also kept in memory
+        self._pending_datums = 0
         self.corrupt_records = 0
         self.write_errors = 0
 
@@ -353,8 +355,13 @@ class Spool:
 
     def done(self, record: Record) -> None:
         """The record was delivered, or dropped with a counted reason."""
+        self._forget(record)
+
+    def _forget(self, record: Record) -> None:
+        """Take a record out of the pending set, keeping every running figure right."""
         if self.pending.pop(record.seq, None) is None:
             return
+        self._pending_datums -= record.count
         if record.segment is None:
             self.memory_datums -= record.count
         elif record.datums is not None:
@@ -404,9 +411,7 @@ class Spool:
                 break
             lost = [r for r in self.pending.values() if r.segment == oldest]
             for r in lost:
-                del self.pending[r.seq]
-                if r.datums is not None:
-                    self.cached_datums -= r.count
+                self._forget(r)
             count = sum(r.count for r in lost)
             if count:
                 self.on_drop(
@@ -417,8 +422,7 @@ class Spool:
             self._unlink(oldest)
         while self.memory_datums > self.memory_max_datums:
             victim = next(r for r in self.pending.values() if r.segment is None)
-            del self.pending[victim.seq]
-            self.memory_datums -= victim.count
+            self._forget(victim)
             self.on_drop(victim.count, "memory_full", "spool disk unwritable and memory queue full")
 
     # -- figures ------------------------------------------------------------------------------
@@ -429,7 +433,8 @@ class Spool:
 
     @property
     def pending_datums(self) -> int:
-        return sum(r.count for r in self.pending.values())
+        """Datums waiting (disk and memory); kept as a running figure, read every cycle."""
+        return self._pending_datums
 
     def oldest_timestamp(self) -> float | None:
         return min((r.oldest for r in self.pending.values()), default=None)
@@ -457,6 +462,7 @@ class Spool:
 
     def _track(self, record: Record) -> None:
         self.pending[record.seq] = record
+        self._pending_datums += record.count
 
     def _path(self, segment: int) -> Path:
         return self.dir / f"{segment:016d}.seg"

@@ -49,3 +49,34 @@ def test_breaker_opens_after_consecutive_failures_then_probes_once() -> None:
     assert b.allow()
     b.success()
     assert b.state is BreakerState.CLOSED and b.allow() and b.remaining_s() == 0
+
+
+def test_too_old_datums_are_counted_once_across_retries(tmp_path: object) -> None:
+    """An endpoint that is down (nothing listens) makes every flush retry the same record;
+    its datums past the 14-day limit are dropped and counted once, not once per attempt."""
+    import asyncio
+    import time
+    from pathlib import Path
+
+    from hiveagent.config import PublishSettings
+    from hiveagent.model import Datum
+    from hiveagent.publisher import Publisher, make_client
+    from hiveagent.spool import Spool
+    from tests.harness import free_port
+
+    spool = Spool(Path(str(tmp_path)))
+    spool.open()
+    now = time.time()
+    old, fresh = now - 15 * 86400, now
+    datums = [Datum("NS", "M", (), float(i), "Count", ts, 60)
+              for i, ts in enumerate((old, old, old, fresh))]  # fmt: skip
+    settings = PublishSettings(timeout_s=0.5, breaker_failures=100, backoff_base_s=0.01,
+                               backoff_max_s=0.01)  # fmt: skip
+    pub = Publisher(make_client("us-east-1", f"http://127.0.0.1:{free_port()}", 0.5), spool,
+                    settings)  # fmt: skip
+    pub.add(datums)
+    deadline = time.monotonic() + 1.5
+    assert asyncio.run(pub.flush(deadline)) is False
+    assert pub.stats["api_calls"] >= 3  # retried several times
+    assert pub.stats["dropped.too_old"] == 3
+    assert spool.pending_datums == 4  # the record stays until the fresh datum is delivered
