@@ -11,9 +11,14 @@ before its reply; then read replies until the one carrying `return == id`. Every
 sent with its own `id` and only the reply echoing that id is accepted, so a stale reply can never
 be taken for another command's answer.
 
-State machine: DISCONNECTED -> (connect) -> UNSYNCED -> (sync) -> READY; a timeout or a bad reply
+State machine: DISCONNECTED -> (open) -> UNSYNCED -> (sync) -> READY; a timeout or a bad reply
 while READY -> UNSYNCED (resync before the next command); a closed socket, an oversized reply
 or a failed sync -> CLOSED (the owner makes a new client).
+
+Pipelining: qemu-ga reads commands as a stream and answers them one at a time, in order, so
+`execute_many` writes the resync (when due) and several commands at once and then reads the
+replies: one write and a few reads instead of a round trip per command. Each reply still has its
+own deadline, counted from the previous one.
 
 Guest replies are untrusted: every read is bounded by `max_reply_bytes` and every call by a
 deadline.
@@ -22,13 +27,13 @@ deadline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import itertools
 import json
 import logging
 import random
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,8 +128,7 @@ class QgaClient:
         self.max_reply_bytes = max_reply_bytes
         self.state = QgaState.DISCONNECTED
         self.stale_replies = 0  # replies read and ignored (wrong id, id-less errors)
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._sock: socket.socket | None = None
         self._buf = bytearray()
         self._lock = asyncio.Lock()
         self._ids = itertools.count(random.randrange(1, 1 << 30))
@@ -133,36 +137,42 @@ class QgaClient:
 
     async def connect(self, sock: socket.socket | None = None) -> None:
         """Open the socket (or use `sock`, already connected: a vsock or a socketpair) and
-        resynchronise, within one deadline."""
-        if self.state is not QgaState.DISCONNECTED:
-            raise QgaClosedError(f"{self.path}: connect() in state {self.state.value}")
-        try:
-            async with asyncio.timeout(self.timeout):
-                if sock is not None:
-                    self._reader, self._writer = await asyncio.open_unix_connection(
-                        sock=sock, limit=_CHUNK
-                    )
-                else:
-                    self._reader, self._writer = await asyncio.open_unix_connection(
-                        self.path, limit=_CHUNK
-                    )
-        except TimeoutError as exc:
-            self.state = QgaState.CLOSED
-            raise QgaTimeout(f"{self.path}: connect timed out") from exc
-        except OSError as exc:
-            self.state = QgaState.CLOSED
-            raise QgaClosedError(f"{self.path}: cannot connect: {exc.strerror or exc}") from exc
-        self.state = QgaState.UNSYNCED
+        resynchronise, within one deadline each."""
+        await self.open(sock)
         async with self._lock:
             await self._sync()
 
+    async def open(self, sock: socket.socket | None = None) -> None:
+        """Open the socket (or use `sock`) without resynchronising: the client is UNSYNCED,
+        and its first command (or `execute_many`) resynchronises first."""
+        if self.state is not QgaState.DISCONNECTED:
+            raise QgaClosedError(f"{self.path}: connect() in state {self.state.value}")
+        loop = asyncio.get_running_loop()
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await loop.sock_connect(sock, self.path)
+            except TimeoutError as exc:
+                sock.close()
+                self.state = QgaState.CLOSED
+                raise QgaTimeout(f"{self.path}: connect timed out") from exc
+            except OSError as exc:
+                sock.close()
+                self.state = QgaState.CLOSED
+                raise QgaClosedError(f"{self.path}: cannot connect: {exc.strerror or exc}") from exc
+        else:
+            sock.setblocking(False)
+        self._sock = sock
+        self.state = QgaState.UNSYNCED
+
     async def close(self) -> None:
+        """Close the socket (at once: nothing is buffered on our side)."""
         self.state = QgaState.CLOSED
-        writer, self._writer, self._reader = self._writer, None, None
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
     async def __aenter__(self) -> QgaClient:
         await self.connect()
@@ -195,15 +205,95 @@ class QgaClient:
             except TimeoutError as exc:
                 self.state = QgaState.UNSYNCED
                 raise QgaTimeout(f"{command}: no reply within {self.timeout:g} s") from exc
-            if "error" in reply:
-                err = reply["error"]
-                if not isinstance(err, dict):
-                    raise QgaProtocolError(f"{command}: malformed error reply")
-                raise self._command_error(command, err)
-            if "return" not in reply:
-                self.state = QgaState.UNSYNCED
-                raise QgaProtocolError(f"{command}: reply has neither return nor error")
-            return reply["return"]
+            return self._outcome(command, reply)
+
+    async def execute_many(self, commands: Sequence[str]) -> list[Any]:
+        """Run argument-less commands pipelined (see the module docstring) and return, per
+        command in order, its `return` value or the QgaError it failed with. A failed resync
+        raises (the client is then CLOSED). After a timeout the client is UNSYNCED; the first
+        command not answered gets a QgaTimeout and the ones after it a QgaTimeout saying so."""
+        async with self._lock:
+            if self.state not in (QgaState.READY, QgaState.UNSYNCED):
+                raise QgaClosedError(f"{self.path}: not connected ({self.state.value})")
+            sync_id = random.randrange(1, 1 << 31) if self.state is QgaState.UNSYNCED else None
+            ids = [next(self._ids) for _ in commands]
+            request = b"".join(
+                b'{"execute": %s, "id": %d}\n' % (json.dumps(command).encode(), msg_id)
+                for command, msg_id in zip(commands, ids, strict=True)
+            )
+            if sync_id is not None:
+                request = self._sync_request(sync_id) + request
+            results: list[Any] = [None] * len(commands)
+            pending = dict(zip(ids, range(len(commands)), strict=True))
+            synced = sync_id is None
+            loop = asyncio.get_running_loop()
+            try:
+                async with asyncio.timeout(self.timeout) as deadline:
+                    await self._send(request)
+                    if sync_id is not None:
+                        await self._await_sync(sync_id)
+                        synced = True
+                        deadline.reschedule(loop.time() + self.timeout)
+                    while pending:
+                        reply = await self._read_object()
+                        msg_id = reply.get("id")
+                        if msg_id.__class__ is not int or msg_id not in pending:
+                            self.stale_replies += 1
+                            continue
+                        i = pending.pop(msg_id)
+                        # The next reply's deadline runs from this one (stale ones do not count).
+                        deadline.reschedule(loop.time() + self.timeout)
+                        try:
+                            results[i] = self._outcome(commands[i], reply)
+                        except QgaError as exc:
+                            results[i] = exc
+            except TimeoutError as exc:
+                if not synced:
+                    await self.close()
+                    raise QgaTimeout(
+                        f"{self.path}: guest-sync-delimited: no reply within {self.timeout:g} s"
+                    ) from exc
+                if self.state is QgaState.READY:
+                    self.state = QgaState.UNSYNCED
+                self._fail_pending(commands, results, pending, QgaTimeout, exc)
+            except QgaError as exc:  # the connection was lost or a reply was unbounded
+                if not synced:
+                    await self.close()
+                    raise
+                kind = QgaProtocolError if isinstance(exc, QgaProtocolError) else QgaClosedError
+                self._fail_pending(commands, results, pending, kind, exc)
+            return results
+
+    def _fail_pending(
+        self,
+        commands: Sequence[str],
+        results: list[Any],
+        pending: dict[int, int],
+        kind: type[QgaError],
+        cause: Exception,
+    ) -> None:
+        """Every command still unanswered gets an error of `kind`."""
+        first = True
+        for i in sorted(pending.values()):
+            why = f"no reply within {self.timeout:g} s" if kind is QgaTimeout else str(cause)
+            if not first:
+                why = f"not answered: an earlier command failed ({why})"
+            error = kind(f"{commands[i]}: {why}")
+            error.__cause__ = cause
+            results[i] = error
+            first = False
+
+    def _outcome(self, command: str, reply: dict[str, Any]) -> Any:
+        """A reply's `return` value, or raise the QgaError it stands for."""
+        if "error" in reply:
+            err = reply["error"]
+            if not isinstance(err, dict):
+                raise QgaProtocolError(f"{command}: malformed error reply")
+            raise self._command_error(command, err)
+        if "return" not in reply:
+            self.state = QgaState.UNSYNCED
+            raise QgaProtocolError(f"{command}: reply has neither return nor error")
+        return reply["return"]
 
     async def guest_info(self) -> GuestInfo:
         return parse_guest_info(await self.execute("guest-info"))
@@ -220,23 +310,27 @@ class QgaClient:
 
     # -- framing ------------------------------------------------------------------------------
 
+    @staticmethod
+    def _sync_request(sync_id: int) -> bytes:
+        return b'\xff{"execute": "guest-sync-delimited", "arguments": {"id": %d}}\n' % sync_id
+
+    async def _await_sync(self, sync_id: int) -> None:
+        """Discard everything through the 0xFF, then replies until the sync's; READY."""
+        await self._discard_through_delimiter()
+        while True:
+            reply = await self._read_object()
+            if reply.get("return") == sync_id:
+                break
+            self.stale_replies += 1
+        self.state = QgaState.READY
+
     async def _sync(self) -> None:
         """0xFF + guest-sync-delimited; on failure the client is CLOSED."""
         sync_id = random.randrange(1, 1 << 31)
-        request = (
-            b"\xff"
-            + json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}).encode()
-            + b"\n"
-        )
         try:
             async with asyncio.timeout(self.timeout):
-                await self._send(request)
-                await self._discard_through_delimiter()
-                while True:
-                    reply = await self._read_object()
-                    if reply.get("return") == sync_id:
-                        break
-                    self.stale_replies += 1
+                await self._send(self._sync_request(sync_id))
+                await self._await_sync(sync_id)
         except TimeoutError as exc:
             await self.close()
             raise QgaTimeout(
@@ -245,23 +339,21 @@ class QgaClient:
         except QgaError:
             await self.close()
             raise
-        self.state = QgaState.READY
 
     async def _send(self, data: bytes) -> None:
-        if self._writer is None:
+        if self._sock is None:
             raise QgaClosedError(f"{self.path}: not connected")
         try:
-            self._writer.write(data)
-            await self._writer.drain()
+            await asyncio.get_running_loop().sock_sendall(self._sock, data)
         except OSError as exc:
             await self.close()
             raise QgaClosedError(f"{self.path}: write failed: {exc}") from exc
 
     async def _fill(self) -> None:
-        if self._reader is None:
+        if self._sock is None:
             raise QgaClosedError(f"{self.path}: not connected")
         try:
-            chunk = await self._reader.read(_CHUNK)
+            chunk = await asyncio.get_running_loop().sock_recv(self._sock, _CHUNK)
         except OSError as exc:
             await self.close()
             raise QgaClosedError(f"{self.path}: read failed: {exc}") from exc

@@ -213,3 +213,132 @@ def test_silent_agent_times_out_on_connect(tmp_path: Path) -> None:
             run(go())
     finally:
         server.close()
+
+
+def test_pipelined_commands_match_one_at_a_time(host_qga: Path) -> None:
+    """execute_many on a fresh connection (the resync and the commands in one write) gives the
+    same answers as one command at a time, in order, with an unknown command's error in its
+    own slot."""
+
+    async def go() -> tuple[list[Any], list[Any]]:
+        commands = ["guest-get-vcpus", "no-such-command", "guest-info", "guest-get-vcpus"]
+        c = QgaClient(str(host_qga), timeout=5)
+        await c.open()
+        try:
+            many = await c.execute_many(commands)
+        finally:
+            await c.close()
+        one: list[Any] = []
+        async with QgaClient(str(host_qga), timeout=5) as c:
+            for command in commands:
+                try:
+                    one.append(await c.execute(command))
+                except QgaCommandError as exc:
+                    one.append(exc)
+        return many, one
+
+    many, one = run(go())
+    assert many[0] == one[0] == many[3] and len(many[0]) == os.cpu_count()
+    assert isinstance(many[1], QgaCommandError) and many[1].error_class == "CommandNotFound"
+    assert many[2]["version"] == one[2]["version"]
+
+
+class HoldingAgent(ScriptedAgent):
+    """Answers in order, like qemu-ga; a command named `slow` holds its answer and every one
+    after it until the next resync, which first gets them, late. Records each recv()'s bytes."""
+
+    def __init__(self, path: Path, stale_after: int = 0) -> None:
+        self.chunks: list[bytes] = []
+        self.stale_after = stale_after
+        super().__init__(path, self._answer)
+
+    def _serve(self) -> None:  # as ScriptedAgent, recording chunks
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            held: list[dict[str, Any]] = []
+            buf = b""
+            with conn:
+                while chunk := self._recv(conn):
+                    self.chunks.append(chunk)
+                    buf += chunk
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        req = json.loads(line.lstrip(b"\xff"))
+                        if req["execute"] == "guest-sync-delimited":
+                            late, held = held, []
+                        elif held or req["execute"] == "slow":
+                            held.append(req)
+                            continue
+                        else:
+                            late = []
+                        try:
+                            for r in [*late, req]:
+                                self._answer(r, conn)
+                        except OSError:
+                            break
+
+    @staticmethod
+    def _recv(conn: socket.socket) -> bytes:
+        try:
+            return conn.recv(65536)
+        except OSError:
+            return b""
+
+    def _answer(self, req: dict[str, Any], conn: socket.socket) -> None:
+        if req["execute"] == "guest-sync-delimited":
+            conn.sendall(b"\xff" + json.dumps({"return": req["arguments"]["id"]}).encode() + b"\n")
+            return
+        for n in range(self.stale_after):  # replies to nobody first
+            conn.sendall(json.dumps({"return": n, "id": f"other-{n}"}).encode() + b"\n")
+        conn.sendall(json.dumps({"return": req["execute"], "id": req["id"]}).encode() + b"\n")
+
+
+def test_pipelined_batch_is_one_write_and_a_timeout_fails_the_rest(tmp_path: Path) -> None:
+    server = HoldingAgent(tmp_path / "e.sock")
+    try:
+
+        async def go() -> tuple[list[Any], list[Any], Any]:
+            c = QgaClient(str(server.path), timeout=0.3)
+            await c.open()
+            try:
+                first = await c.execute_many(["a", "b", "c"])
+                second = await c.execute_many(["d", "slow", "e"])
+                state_after = c.state
+                third = await c.execute("f")  # resynchronises first
+            finally:
+                await c.close()
+            return first, second, (state_after, third)
+
+        first, second, (state_after, third) = run(go())
+        assert first == ["a", "b", "c"]
+        # The sync and the three commands arrived as one write.
+        assert server.chunks[0].count(b"\n") == 4 and server.chunks[0].startswith(b"\xff")
+        assert second[0] == "d"
+        assert isinstance(second[1], QgaTimeout) and "no reply within 0.3 s" in str(second[1])
+        assert isinstance(second[2], QgaTimeout) and "not answered" in str(second[2])
+        assert state_after.value == "unsynced" and third == "f"
+    finally:
+        server.close()
+
+
+def test_pipelined_batch_skips_and_counts_stale_replies(tmp_path: Path) -> None:
+    """Every reply is preceded by 50 replies with other ids: they are counted and skipped, and
+    each command still gets its own reply."""
+    server = HoldingAgent(tmp_path / "f.sock", stale_after=50)
+    try:
+
+        async def go() -> tuple[list[Any], int]:
+            c = QgaClient(str(server.path), timeout=2)
+            await c.open()
+            try:
+                return await c.execute_many(["a", "b"]), c.stale_replies
+            finally:
+                await c.close()
+
+        results, stale = run(go())
+        assert results == ["a", "b"] and stale == 100
+    finally:
+        server.close()
