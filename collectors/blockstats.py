@@ -210,13 +210,27 @@ def map_guest_disks(
 DISK_MAP_RESCAN_CYCLES = 10  # hot-plugged disks appear within this many cycles
 
 
-async def guest_busy_by_volume(ctx: VmContext) -> dict[str, int]:
-    """Volume -> the guest's cumulative busy ms for its disk; {} when it cannot be known."""
+def guest_busy_commands(ctx: VmContext) -> tuple[str, ...]:
+    """The guest agent commands guest_busy_by_volume needs this cycle (none: no estimate)."""
     needed = {"guest-get-disks", "guest-get-diskstats"}
     if ctx.config.diskio is None or ctx.qga is None or not needed <= ctx.qga_commands:
+        return ()
+    if disk_map_due(ctx):
+        return ("guest-get-disks", "guest-get-diskstats")
+    return ("guest-get-diskstats",)
+
+
+def disk_map_due(ctx: VmContext) -> bool:
+    cached = ctx.cache.get("guest_disk_volumes")
+    return cached is None or cached[0] >= DISK_MAP_RESCAN_CYCLES
+
+
+async def guest_busy_by_volume(ctx: VmContext) -> dict[str, int]:
+    """Volume -> the guest's cumulative busy ms for its disk; {} when it cannot be known."""
+    if not guest_busy_commands(ctx):
         return {}
     cached = ctx.cache.get("guest_disk_volumes")
-    if cached is None or cached[0] >= DISK_MAP_RESCAN_CYCLES:
+    if cached is None or disk_map_due(ctx):
         pci = parse_query_pci(await ctx.qmp.execute("query-pci"))
         cached = [0, map_guest_disks(await ctx.qga_call("guest-get-disks"), pci,
                                      ctx.spec.instance_id)]  # fmt: skip
@@ -254,9 +268,15 @@ class BlockStats(Collector[BlockSample]):
     def enabled(self, config: object) -> bool:
         return bool(getattr(config, "ec2_enabled", True) or getattr(config, "ebs_enabled", True))
 
+    def qmp_wants(self, ctx: VmContext) -> tuple[tuple[str, dict[str, Any] | None], ...]:
+        return (("query-blockstats", None),)
+
+    def qga_wants(self, ctx: VmContext) -> tuple[str, ...]:
+        return guest_busy_commands(ctx)
+
     async def sample(self, ctx: VmContext) -> BlockSample:
         assert ctx.pid is not None
-        reply = await ctx.qmp.execute("query-blockstats")
+        reply = await ctx.qmp_call("query-blockstats")
         devices = parse_blockstats(reply, ctx.config.limits.max_block_devices, ctx.rejected)
         idle = {k: v for k, v in parse_idle_ns(reply).items() if k in devices}
         timed = {k: v for k, v in parse_timed_depth(reply).items() if k in devices}
@@ -289,14 +309,15 @@ class BlockStats(Collector[BlockSample]):
                 values = volume_values(
                     d, period, cur.idle_ns.get(device), cur.timed_depth.get(device), busy
                 )
-                for name, value in values.items():
-                    out.emit(name, value, dims)
+                out.emit_all(values, dims)
         if ctx.config.ec2_enabled:
-            dims = {"InstanceId": ctx.spec.instance_id}
-            for name, key in (
-                ("DiskReadOps", "rd_operations"),
-                ("DiskWriteOps", "wr_operations"),
-                ("DiskReadBytes", "rd_bytes"),
-                ("DiskWriteBytes", "wr_bytes"),
-            ):
-                out.emit(name, sum(d[key] for d in deltas.values()), dims)
+            totals = {
+                name: sum(d[key] for d in deltas.values())
+                for name, key in (
+                    ("DiskReadOps", "rd_operations"),
+                    ("DiskWriteOps", "wr_operations"),
+                    ("DiskReadBytes", "rd_bytes"),
+                    ("DiskWriteBytes", "wr_bytes"),
+                )
+            }
+            out.emit_all(totals, {"InstanceId": ctx.spec.instance_id})

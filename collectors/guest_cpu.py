@@ -99,6 +99,4 @@ class GuestCpu(Collector[CpuSample]):
             if usage is None:
                 continue
             dims = {"InstanceId": ctx.spec.instance_id, "cpu": label}
-            for name, value in usage.items():
-                if name in plugin.metrics:
-                    out.emit(name, value, dims)
+            out.emit_all({n: v for n, v in usage.items() if n in plugin.metrics}, dims)

@@ -132,6 +132,4 @@ class GuestDisk(Collector[list[FsRecord]]):
                 dims["device"] = fs.device
             if fs.volume_id:
                 dims["VolumeId"] = fs.volume_id
-            for name, value in disk_values(fs).items():
-                if name in plugin.metrics:
-                    out.emit(name, value, dims)
+            out.emit_all({n: v for n, v in disk_values(fs).items() if n in plugin.metrics}, dims)

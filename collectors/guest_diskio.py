@@ -88,8 +88,9 @@ class GuestDiskio(Collector[DiskioSample]):
             if not plugin.wants(name):
                 continue
             dims = {"InstanceId": ctx.spec.instance_id, "name": name}
-            for field, (metric, scale) in CUMULATIVE.items():
-                if metric in plugin.metrics:
-                    out.emit(metric, d[field] * scale, dims)
+            values = {
+                m: d[f] * scale for f, (m, scale) in CUMULATIVE.items() if m in plugin.metrics
+            }
             if "diskio_iops_in_progress" in plugin.metrics:
-                out.emit("diskio_iops_in_progress", cur.disks[name]["ios-pgr"], dims)
+                values["diskio_iops_in_progress"] = cur.disks[name]["ios-pgr"]
+            out.emit_all(values, dims)

@@ -97,6 +97,10 @@ class GuestMem(Collector[MemSample | None]):
     name = "guest_mem"
     plugin = "mem"
 
+    def qmp_wants(self, ctx: VmContext) -> tuple[tuple[str, dict[str, Any] | None], ...]:
+        path = ctx.cache.get("balloon")  # known after the first cycle
+        return (("qom-get", {"path": path, "property": "guest-stats"}),) if path else ()
+
     async def sample(self, ctx: VmContext) -> MemSample | None:
         path = await find_balloon(ctx)
         if path is None:
@@ -112,7 +116,7 @@ class GuestMem(Collector[MemSample | None]):
                     "qom-set",
                     {"path": path, "property": "guest-stats-polling-interval", "value": interval},
                 )
-        reply = await ctx.qmp.execute("qom-get", {"path": path, "property": "guest-stats"})
+        reply = await ctx.qmp_call("qom-get", {"path": path, "property": "guest-stats"})
         return parse_guest_stats(reply)
 
     def emit(
@@ -123,6 +127,4 @@ class GuestMem(Collector[MemSample | None]):
         if cur is None:
             return
         dims = {"InstanceId": ctx.spec.instance_id}
-        for name, value in mem_values(cur).items():
-            if name in plugin.metrics:
-                out.emit(name, value, dims)
+        out.emit_all({n: v for n, v in mem_values(cur).items() if n in plugin.metrics}, dims)

@@ -88,6 +88,4 @@ class GuestNet(Collector[NetSample]):
             if not plugin.wants(name):
                 continue
             dims = {"InstanceId": ctx.spec.instance_id, "interface": name}
-            for field, metric in METRIC.items():
-                if metric in plugin.metrics:
-                    out.emit(metric, d[field], dims)
+            out.emit_all({m: d[f] for f, m in METRIC.items() if m in plugin.metrics}, dims)

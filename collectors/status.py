@@ -52,7 +52,9 @@ class Status(Collector[StatusSample]):
         self, prev: StatusSample | None, cur: StatusSample, ctx: VmContext, out: Emitter
     ) -> None:
         system, instance = status_checks(cur)
-        dims = {"InstanceId": ctx.spec.instance_id}
-        out.emit("StatusCheckFailed_System", system, dims)
-        out.emit("StatusCheckFailed_Instance", instance, dims)
-        out.emit("StatusCheckFailed", max(system, instance), dims)
+        checks = {
+            "StatusCheckFailed_System": system,
+            "StatusCheckFailed_Instance": instance,
+            "StatusCheckFailed": max(system, instance),
+        }
+        out.emit_all(checks, {"InstanceId": ctx.spec.instance_id})

@@ -113,5 +113,5 @@ class TapNet(Collector[TapSample]):
         if prev is None:
             return
         totals = network_totals(prev, cur)
-        for name, value in (totals or {}).items():
-            out.emit(name, value, {"InstanceId": ctx.spec.instance_id})
+        if totals:
+            out.emit_all(totals, {"InstanceId": ctx.spec.instance_id})

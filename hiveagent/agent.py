@@ -18,7 +18,7 @@ from typing import Any
 
 from collectors import REGISTRY
 from collectors.vcpu_threads import parse_vcpu_threads
-from hiveagent.collector import Collector, Emitter, VmContext
+from hiveagent.collector import Collector, Emitter, VmContext, qmp_key
 from hiveagent.config import Config
 from hiveagent.discovery import Discovery, VmSpec
 from hiveagent.model import Datum
@@ -32,7 +32,7 @@ from hiveagent.qmp import (
     parse_query_chardev,
 )
 from hiveagent.shaping import MetadataFiles, plugin_shaping, shape, vm_dimensions
-from qga.client import GuestInfo, QgaClient, QgaError, QgaTimeout
+from qga.client import GuestInfo, QgaClient, QgaError, QgaTimeout, parse_guest_info
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ class VmRuntime:
     qga_chardev: str | None = None  # label of the guest agent port's chardev ("" = none)
     guest_info: GuestInfo | None = None
     qga_seen: bool = False  # the guest agent answered during this QEMU process's life
+    qga_path: str | None = None  # the guest agent socket found by the last query-chardev
+    qga_answered: bool = False  # the guest agent answered in the last cycle
     run_status: str | None = None
     qga_state: str = "unknown"
     last_error: str | None = None
@@ -66,6 +68,8 @@ class VmRuntime:
         self.qga_chardev = None
         self.guest_info = None
         self.qga_seen = False
+        self.qga_path = None
+        self.qga_answered = False
 
 
 def count_timeout(rt: VmRuntime, exc: Exception) -> None:
@@ -99,6 +103,22 @@ class Agent:
         self.metadata = MetadataFiles(config.instance_metadata)
         self.shaping = plugin_shaping(config)
         self.leftover: list[Datum] = []
+        self._plan_intervals()
+
+    def _plan_intervals(self) -> None:
+        """Per collector (by name), from its plugin's own interval, worked out once per
+        config: run it every Nth cycle, and the StorageResolution of its datums (0: the
+        agent's)."""
+        self.every: dict[str, int] = {}
+        self.own_resolution: dict[str, int] = {}
+        for collector in self.collectors:
+            own = collector.interval_s(self.config)
+            self.every[collector.name] = (
+                max(1, round(own / self.config.interval_s))
+                if own and own > self.config.interval_s
+                else 1
+            )
+            self.own_resolution[collector.name] = (1 if own < 60 else 60) if own else 0
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: new discovery and collectors; VMs, connections and previous
@@ -106,6 +126,7 @@ class Agent:
         self.config = config
         self.discovery = Discovery(config)
         self.collectors = [c for c in (cls() for cls in REGISTRY) if c.enabled(config)]
+        self._plan_intervals()
         self.metadata = MetadataFiles(config.instance_metadata)
         self.shaping = plugin_shaping(config)
         for rt in self.vms.values():
@@ -132,6 +153,8 @@ class Agent:
                 self.vms[spec.instance_id] = rt
                 log.info("vm %s: found (%s)", spec.instance_id, spec.origin)
             else:
+                if spec.qga_socket != rt.spec.qga_socket:
+                    rt.qga_path = None  # look for the guest agent again
                 rt.spec = spec  # sidecar rewritten (e.g. NIC hot-plug)
         for gone in set(self.vms) - seen:
             log.info("vm %s: gone", gone)
@@ -167,21 +190,17 @@ class Agent:
         return datums
 
     async def connect_vm(self, rt: VmRuntime, ctx: VmContext) -> str | None:
-        """QMP up, pid known, run status read; returns the guest agent socket to use, if any."""
-        status = None
-        if rt.qmp.connected:
-            try:
-                status = await rt.qmp.execute("query-status")
-            except (QmpTimeout, QmpCommandError):
-                raise
-            except QmpError:
-                pass  # the connection died since the last cycle (QEMU restarted): reconnect
-        if status is None:
-            await rt.qmp.connect()
-            status = await rt.qmp.execute("query-status")
-        if rt.qmp.pid != rt.pid:
-            rt.new_process(rt.qmp.pid)
-        ctx.pid = rt.pid
+        """QMP up, pid known, run status read, this cycle's QMP commands asked; returns the
+        guest agent socket to use, if any."""
+        if not rt.qmp.connected:
+            await self._connect_qmp(rt)
+        status = await self._qmp_round(rt, ctx)
+        if isinstance(status, QmpError) and not isinstance(status, QmpTimeout | QmpCommandError):
+            # The connection died since the last cycle (QEMU restarted): reconnect once.
+            await self._connect_qmp(rt)
+            status = await self._qmp_round(rt, ctx)
+        if isinstance(status, QmpError):
+            raise status
         ctx.run_status = status.get("status") if isinstance(status, dict) else None
         if not isinstance(ctx.run_status, str):
             ctx.run_status = None
@@ -194,14 +213,21 @@ class Agent:
         if not self.config.qga_enabled:
             rt.qga_state = "disabled"
             return None
-        chardevs = parse_query_chardev(await rt.qmp.execute("query-chardev"))
+        chardev_reply = ctx.qmp_replies.get(qmp_key("query-chardev"))
+        if chardev_reply is None:  # not asked: the guest agent answered last cycle
+            return rt.qga_path
+        if isinstance(chardev_reply, QmpError):
+            raise chardev_reply
+        rt.qga_path = None
+        chardevs = parse_query_chardev(chardev_reply)
         if rt.spec.qga_socket:
             matching = [c for c in chardevs.values() if c.socket_path == rt.spec.qga_socket]
             # A socket QEMU does not serve itself (e.g. a relay) cannot be checked: try it.
             if matching and not matching[0].frontend_open:
                 rt.qga_state = "not running in guest"
                 return None
-            return rt.spec.qga_socket
+            rt.qga_path = rt.spec.qga_socket
+            return rt.qga_path
         if rt.qga_chardev is None:
             rt.qga_chardev = await find_guest_agent_chardev(rt.qmp) or ""
         info = chardevs.get(rt.qga_chardev) if rt.qga_chardev else None
@@ -211,7 +237,37 @@ class Agent:
         if not info.frontend_open:
             rt.qga_state = "not running in guest"
             return None
-        return info.socket_path
+        rt.qga_path = info.socket_path
+        return rt.qga_path
+
+    async def _connect_qmp(self, rt: VmRuntime) -> None:
+        await rt.qmp.connect()
+        if rt.qmp.pid != rt.pid:
+            rt.new_process(rt.qmp.pid)
+
+    async def _qmp_round(self, rt: VmRuntime, ctx: VmContext) -> Any:
+        """query-status, query-chardev when due, and the QMP commands this cycle's collectors
+        will call, all in flight together (qemu.qmp matches replies by id). The replies (or
+        the QmpErrors they failed with) wait in ctx.qmp_replies; returns query-status's."""
+        ctx.pid = rt.pid
+        calls: list[tuple[str, dict[str, Any] | None]] = [("query-status", None)]
+        # The guest agent port's state is checked unless the guest agent answered last cycle
+        # (if it stopped since, that cycle's exchange times out and the next one checks).
+        if self.config.qga_enabled and (rt.qga_path is None or not rt.qga_answered):
+            calls.append(("query-chardev", None))
+        for collector in self.collectors:
+            if collector.needs_qmp and self._due(collector, rt, ctx):
+                calls.extend(collector.qmp_wants(ctx))
+        replies = await asyncio.gather(
+            *(rt.qmp.execute(command, arguments) for command, arguments in calls),
+            return_exceptions=True,
+        )
+        ctx.qmp_replies.clear()
+        for (command, arguments), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, BaseException) and not isinstance(reply, QmpError):
+                raise reply
+            ctx.qmp_replies[qmp_key(command, arguments)] = reply
+        return replies[0]
 
     async def collect_vm(self, rt: VmRuntime) -> list[Datum]:
         ctx = VmContext(spec=rt.spec, config=self.config, qmp=rt.qmp, pid=None, cache=rt.cache)
@@ -220,6 +276,7 @@ class Agent:
         try:
             qga_path = await self.connect_vm(rt, ctx)
         except QmpError as exc:
+            ctx.pid = None  # QMP-side collectors skip this cycle
             ctx.qmp_error = str(exc)
             rt.errors["qmp"] += 1
             count_timeout(rt, exc)
@@ -227,6 +284,7 @@ class Agent:
             if rt.last_error != ctx.qmp_error:
                 log.warning("vm %s: QMP: %s", rt.spec.instance_id, exc)
             rt.last_error = ctx.qmp_error
+        rt.qga_answered = False
         if qga_path and ctx.run_status == "running":
             await self._open_guest_agent(rt, ctx, qga_path)
         ctx.qga_expected = rt.qga_seen and ctx.run_status == "running"
@@ -273,16 +331,35 @@ class Agent:
             self.stats[key] += n
 
     async def _open_guest_agent(self, rt: VmRuntime, ctx: VmContext, path: str) -> None:
+        """Connect, and ask every guest agent command this cycle's collectors need in one
+        pipelined exchange (the resync included): the replies wait in ctx.qga_replies."""
         client = QgaClient(
             path,
             timeout=self.config.qga_timeout_s,
             max_reply_bytes=self.config.qga_max_reply_bytes,
         )
         try:
-            await client.connect()
+            await client.open()
             if rt.guest_info is None:
-                rt.guest_info = await client.guest_info()
+                (info,) = await client.execute_many(["guest-info"])
+                if isinstance(info, QgaError):
+                    raise info
+                rt.guest_info = parse_guest_info(info)
+            ctx.qga = client
+            ctx.qga_commands = rt.guest_info.enabled_commands
+            wanted = dict.fromkeys(
+                command
+                for collector in self.collectors
+                if self._due(collector, rt, ctx)
+                for command in collector.qga_wants(ctx)
+                if command in ctx.qga_commands
+            )
+            if wanted:
+                replies = await client.execute_many(list(wanted))
+                ctx.qga_replies.update(zip(wanted, replies, strict=True))
         except QgaError as exc:
+            ctx.qga = None
+            ctx.qga_commands = frozenset()
             await client.close()
             rt.guest_info = None
             ctx.qga_error = str(exc)
@@ -294,25 +371,26 @@ class Agent:
                 log.warning("vm %s: guest agent: %s", rt.spec.instance_id, exc)
             rt.last_error = ctx.qga_error
             return
-        ctx.qga = client
-        ctx.qga_commands = rt.guest_info.enabled_commands
         rt.qga_seen = True
+        rt.qga_answered = not any(isinstance(r, QgaTimeout) for r in ctx.qga_replies.values())
         rt.qga_state = f"ok (qemu-ga {rt.guest_info.version})"
+
+    def _due(self, collector: Collector[Any], rt: VmRuntime, ctx: VmContext) -> bool:
+        """Whether the collector runs for this VM in this cycle."""
+        if collector.needs_qmp and ctx.pid is None:
+            return False
+        if collector.qga_command is not None and (
+            ctx.qga is None or collector.qga_command not in ctx.qga_commands
+        ):
+            return False
+        # Not this plugin's turn: its deltas span its own interval.
+        return not rt.cycles % self.every[collector.name]
 
     async def _run_collector(
         self, collector: Collector[Any], rt: VmRuntime, ctx: VmContext, out: Emitter
     ) -> None:
-        if collector.needs_qmp and ctx.pid is None:
+        if not self._due(collector, rt, ctx):
             return
-        if collector.qga_command is not None and (
-            ctx.qga is None or collector.qga_command not in ctx.qga_commands
-        ):
-            return
-        own = collector.interval_s(self.config)
-        if own and own > self.config.interval_s:
-            every = max(1, round(own / self.config.interval_s))
-            if rt.cycles % every:
-                return  # not this plugin's turn; its deltas span its own interval
         try:
             cur = await collector.sample(ctx)
         except (QmpError, QgaError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
@@ -325,8 +403,9 @@ class Agent:
             log.warning("vm %s: %s: %s", rt.spec.instance_id, collector.name, exc)
             return
         resolution = out.resolution
+        own = self.own_resolution[collector.name]
         if own:
-            out.resolution = 1 if own < 60 else 60
+            out.resolution = own
         try:
             collector.emit(rt.prev.get(collector.name), cur, ctx, out)
         except Exception:  # a bug in one collector must not stop the others

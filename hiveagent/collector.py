@@ -19,10 +19,17 @@ from hiveagent.catalog import CATALOG, Family
 from hiveagent.config import Config
 from hiveagent.discovery import VmSpec
 from hiveagent.model import Datum
-from hiveagent.qmp import QmpSession
-from qga.client import QgaClient, QgaClosedError
+from hiveagent.qmp import QmpError, QmpSession
+from qga.client import QgaClient, QgaClosedError, QgaError
 
 S = TypeVar("S")
+
+# A QMP command with its arguments, hashable: (command, sorted argument items).
+QmpCall = tuple[str, tuple[tuple[str, Any], ...]]
+
+
+def qmp_key(command: str, arguments: Mapping[str, Any] | None = None) -> QmpCall:
+    return command, tuple(sorted((arguments or {}).items()))
 
 
 @dataclass
@@ -45,19 +52,36 @@ class VmContext:
     # per VM and in the agent's stats by the framework.
     rejected: Counter[str] = field(default_factory=Counter)
     qga_replies: dict[str, Any] = field(default_factory=dict)  # this cycle's, by command
+    qmp_replies: dict[QmpCall, Any] = field(default_factory=dict)  # this cycle's, asked ahead
+
+    async def qmp_call(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """A QMP command's reply: the one the agent asked ahead this cycle (with query-status,
+        all in flight together) if it did, else asked now. A stored QmpError is raised."""
+        reply = self.qmp_replies.get(qmp_key(command, arguments), _NOT_ASKED)
+        if reply is _NOT_ASKED:
+            return await self.qmp.execute(command, arguments)
+        if isinstance(reply, QmpError):
+            raise reply
+        return reply
 
     async def qga_call(self, command: str) -> Any:
         """A guest agent command's reply, asked at most once per VM and cycle (two collectors
-        may need the same reply: guest_diskio and blockstats' idle-time estimate)."""
+        may need the same reply: guest_diskio and blockstats' idle-time estimate). The agent
+        asks this cycle's commands up front, pipelined; a QgaError stored for a command is
+        raised here, to the collector that needs it."""
         if command not in self.qga_replies:
             if self.qga is None:
                 raise QgaClosedError(f"{command}: no guest agent connection")
             self.qga_replies[command] = await self.qga.execute(command)
-        return self.qga_replies[command]
+        reply = self.qga_replies[command]
+        if isinstance(reply, QgaError):
+            raise reply
+        return reply
 
     cache: dict[str, Any] = field(default_factory=dict)  # per-VM, lives as long as the pid
 
 
+_NOT_ASKED = object()
 MAX_DIMENSION_VALUE = 1024
 
 
@@ -66,6 +90,8 @@ def clean_dimension(value: Any) -> str | None:
     control characters, no lone surrogates), 1..1024 of them; None when nothing is left."""
     if not isinstance(value, str):
         return None
+    if value.isprintable():  # the usual case: nothing to remove
+        return value[:MAX_DIMENSION_VALUE] or None
     cleaned = "".join(ch for ch in value if ch.isprintable())[:MAX_DIMENSION_VALUE]
     return cleaned or None
 
@@ -81,11 +107,11 @@ class Emitter:
     """Builds Datums for one VM, checking each against the catalog."""
 
     def __init__(self, config: Config, timestamp: float, interval_s: int | None = None) -> None:
-        self.namespaces = {
-            Family.EC2: config.ec2_namespace,
-            Family.EBS: config.ebs_namespace,
-            Family.GUEST: config.guest_namespace,
-            Family.SELF: config.self_metrics.namespace,
+        self.namespaces = {  # by Family value (a str hashes in C; an Enum member does not)
+            Family.EC2.value: config.ec2_namespace,
+            Family.EBS.value: config.ebs_namespace,
+            Family.GUEST.value: config.guest_namespace,
+            Family.SELF.value: config.self_metrics.namespace,
         }
         self.timestamp = timestamp
         self.resolution = 1 if (interval_s or config.interval_s) < 60 else 60
@@ -93,32 +119,44 @@ class Emitter:
         self.rejected: list[str] = []  # reasons for values that could not be emitted
 
     def emit(self, name: str, value: float, dims: Mapping[str, str]) -> None:
-        spec = CATALOG.get(name)
-        if spec is None:
-            raise KeyError(f"metric {name!r} is not in the catalog")
-        keys = frozenset(dims)
-        if (name, keys) not in _CHECKED:  # each (metric, dimension names) is checked once
-            missing = set(spec.dimensions) - set(spec.optional_dimensions) - keys
-            if missing or keys - set(spec.dimensions):
-                raise ValueError(f"{name}: dimensions {sorted(dims)} differ from the catalog's")
-            _CHECKED.add((name, keys))
-        if value.__class__ not in (int, float) or not math.isfinite(value):
-            self.rejected.append(f"{name}: not a finite number: {value!r}")
-            return
-        self.datums.append(
-            Datum(
-                self.namespaces[spec.family],
-                name,
-                tuple(sorted(dims.items())),
-                float(value),
-                spec.unit,
-                self.timestamp,
-                self.resolution,
+        """One datum; `dims` must carry the catalog's dimension names for `name`."""
+        self.emit_all({name: value}, dims)
+
+    def emit_all(self, values: Mapping[str, float], dims: Mapping[str, str]) -> None:
+        """One datum per metric in `values`, all with the same dimensions (sorted once)."""
+        names = tuple(dims)
+        checked = _CHECKED.get(names)
+        if checked is None:
+            checked = _CHECKED[names] = {}
+        dimensions = tuple(sorted(dims.items()))
+        append, ts, res = self.datums.append, self.timestamp, self.resolution
+        for name, value in values.items():
+            known = checked.get(name)
+            if known is None:
+                known = checked[name] = _check(name, names)
+            if value.__class__ not in (int, float) or not math.isfinite(value):
+                self.rejected.append(f"{name}: not a finite number: {value!r}")
+                continue
+            append(
+                Datum(self.namespaces[known[0]], name, dimensions, float(value), known[1], ts, res)
             )
-        )
 
 
-_CHECKED: set[tuple[str, frozenset[str]]] = set()
+def _check(name: str, dims: tuple[str, ...]) -> tuple[str, str]:
+    """A metric's family (value) and unit, once its dimension names are checked against the
+    catalog."""
+    spec = CATALOG.get(name)
+    if spec is None:
+        raise KeyError(f"metric {name!r} is not in the catalog")
+    keys = set(dims)
+    missing = set(spec.dimensions) - set(spec.optional_dimensions) - keys
+    if missing or keys - set(spec.dimensions):
+        raise ValueError(f"{name}: dimensions {sorted(dims)} differ from the catalog's")
+    return spec.family.value, spec.unit
+
+
+# dimension names (in the caller's order) -> metric -> (family value, unit), checked once each.
+_CHECKED: dict[tuple[str, ...], dict[str, tuple[str, str]]] = {}
 
 
 class Collector(ABC, Generic[S]):
@@ -134,6 +172,16 @@ class Collector(ABC, Generic[S]):
 
     def enabled(self, config: Config) -> bool:
         return self.plugin is None or getattr(config, self.plugin) is not None
+
+    def qmp_wants(self, ctx: VmContext) -> tuple[tuple[str, dict[str, Any] | None], ...]:
+        """The QMP commands (with arguments) `sample` will call through ctx.qmp_call this
+        cycle, asked ahead together with query-status."""
+        return ()
+
+    def qga_wants(self, ctx: VmContext) -> tuple[str, ...]:
+        """The guest agent commands `sample` will call this cycle (asked up front, pipelined,
+        when the guest agent has them enabled)."""
+        return (self.qga_command,) if self.qga_command else ()
 
     def interval_s(self, config: Config) -> int | None:
         """The plugin's own metrics_collection_interval, if it has one (None: every cycle)."""

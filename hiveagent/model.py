@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 Dimensions = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Datum:
-    """One CloudWatch datum.
+class Datum(NamedTuple):
+    """One CloudWatch datum, immutable (a named tuple: a cycle makes tens of thousands of
+    them, and a tuple is built several times faster than a frozen dataclass).
 
     `timestamp` is Unix epoch seconds (UTC) of the end of the period the value describes.
     `dimensions` is sorted by name so equal datums compare equal. `storage_resolution` is 60

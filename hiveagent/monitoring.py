@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from hiveagent.catalog import CATALOG, Family
 from hiveagent.model import Datum
@@ -45,7 +45,7 @@ def aggregate(window: float, samples: list[Datum]) -> Datum:
     values = tuple(d.value for d in samples)
     total = math.fsum(values)
     value = total / len(values) if first.unit in MEAN_UNITS else total
-    return replace(first, timestamp=window, value=value, samples=values, storage_resolution=60)
+    return first._replace(timestamp=window, value=value, samples=values, storage_resolution=60)
 
 
 @dataclass
@@ -94,5 +94,5 @@ def detailed_copies(
             continue  # status checks stay per instance; other families have their own
         for dim, value in (("ImageId", image_id), ("InstanceType", instance_type)):
             if value:
-                extra.append(replace(d, dimensions=((dim, value),)))
+                extra.append(d._replace(dimensions=((dim, value),)))
     return datums + extra

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from hiveagent.config import Config, Shaping
@@ -143,5 +143,5 @@ def shape(
             if key in seen:
                 continue
             seen.add(key)
-            out.append(replace(d, name=new_name, unit=unit, dimensions=key))
+            out.append(d._replace(name=new_name, unit=unit, dimensions=key))
     return out

@@ -26,7 +26,6 @@ import time
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -215,7 +214,7 @@ def compare(url: str, datums: list[Datum]) -> tuple[int, int, list[str]]:
     first_ns: dict[tuple[str, Any], str] = {}
     for d in datums:
         first_ns.setdefault((d.name, d.dimensions), d.namespace)
-    datums = [replace(d, namespace=first_ns[(d.name, d.dimensions)]) for d in datums]
+    datums = [d._replace(namespace=first_ns[(d.name, d.dimensions)]) for d in datums]
     expected = bucket_stats(datums, start)
     got = endpoint_stats(url, sorted(expected), start)
     missing = extra = 0

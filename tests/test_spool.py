@@ -210,6 +210,7 @@ datum_strategy = st.builds(
     unit=st.sampled_from(["Count", "Bytes", "Percent"]),
     timestamp=st.floats(0, 4e9),
     storage_resolution=st.sampled_from([1, 60]),
+    samples=st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=3).map(tuple),
 )
 
 
