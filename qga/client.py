@@ -18,7 +18,8 @@ or a failed sync -> CLOSED (the owner makes a new client).
 Pipelining: qemu-ga reads commands as a stream and answers them one at a time, in order, so
 `execute_many` writes the resync (when due) and several commands at once and then reads the
 replies: one write and a few reads instead of a round trip per command. Each reply still has its
-own deadline, counted from the previous one.
+deadline: after the resync, the commands share one of `timeout` per command (a reply that
+comes early leaves its time to the later ones; replies to nobody do not add any).
 
 Guest replies are untrusted: every read is bounded by `max_reply_bytes` and every call by a
 deadline.
@@ -209,9 +210,10 @@ class QgaClient:
 
     async def execute_many(self, commands: Sequence[str]) -> list[Any]:
         """Run argument-less commands pipelined (see the module docstring) and return, per
-        command in order, its `return` value or the QgaError it failed with. A failed resync
-        raises (the client is then CLOSED). After a timeout the client is UNSYNCED; the first
-        command not answered gets a QgaTimeout and the ones after it a QgaTimeout saying so."""
+        command in order, its `return` value or the QgaError it failed with. The resync has
+        `timeout`, the commands `timeout` each, shared. A failed resync raises (the client is
+        then CLOSED). After a timeout the client is UNSYNCED; the first command not answered
+        gets a QgaTimeout and the ones after it a QgaTimeout saying so."""
         async with self._lock:
             if self.state not in (QgaState.READY, QgaState.UNSYNCED):
                 raise QgaClosedError(f"{self.path}: not connected ({self.state.value})")
@@ -233,7 +235,8 @@ class QgaClient:
                     if sync_id is not None:
                         await self._await_sync(sync_id)
                         synced = True
-                        deadline.reschedule(loop.time() + self.timeout)
+                    if commands:
+                        deadline.reschedule(loop.time() + self.timeout * len(commands))
                     while pending:
                         reply = await self._read_object()
                         msg_id = reply.get("id")
@@ -241,8 +244,6 @@ class QgaClient:
                             self.stale_replies += 1
                             continue
                         i = pending.pop(msg_id)
-                        # The next reply's deadline runs from this one (stale ones do not count).
-                        deadline.reschedule(loop.time() + self.timeout)
                         try:
                             results[i] = self._outcome(commands[i], reply)
                         except QgaError as exc:
@@ -275,7 +276,11 @@ class QgaClient:
         """Every command still unanswered gets an error of `kind`."""
         first = True
         for i in sorted(pending.values()):
-            why = f"no reply within {self.timeout:g} s" if kind is QgaTimeout else str(cause)
+            why = (
+                f"no reply in time ({self.timeout:g} s per command)"
+                if kind is QgaTimeout
+                else str(cause)
+            )
             if not first:
                 why = f"not answered: an earlier command failed ({why})"
             error = kind(f"{commands[i]}: {why}")
@@ -399,7 +404,7 @@ class QgaClient:
             if not line:
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.decode())  # invalid UTF-8 is a ValueError too
             except (ValueError, RecursionError):
                 self.stale_replies += 1
                 log.debug("%s: ignoring undecodable line of %d bytes", self.path, len(line))

@@ -317,7 +317,7 @@ def test_pipelined_batch_is_one_write_and_a_timeout_fails_the_rest(tmp_path: Pat
         # The sync and the three commands arrived as one write.
         assert server.chunks[0].count(b"\n") == 4 and server.chunks[0].startswith(b"\xff")
         assert second[0] == "d"
-        assert isinstance(second[1], QgaTimeout) and "no reply within 0.3 s" in str(second[1])
+        assert isinstance(second[1], QgaTimeout) and "no reply in time (0.3 s per" in str(second[1])
         assert isinstance(second[2], QgaTimeout) and "not answered" in str(second[2])
         assert state_after.value == "unsynced" and third == "f"
     finally:
