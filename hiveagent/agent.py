@@ -354,9 +354,10 @@ class Agent:
                 for command in collector.qga_wants(ctx)
                 if command in ctx.qga_commands
             )
-            if wanted:
-                replies = await client.execute_many(list(wanted))
-                ctx.qga_replies.update(zip(wanted, replies, strict=True))
+            # Always at least the resync (when nothing is wanted): it proves the guest agent
+            # answers, which the instance status check needs.
+            replies = await client.execute_many(list(wanted))
+            ctx.qga_replies.update(zip(wanted, replies, strict=True))
         except QgaError as exc:
             ctx.qga = None
             ctx.qga_commands = frozenset()
