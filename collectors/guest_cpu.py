@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from hiveagent.collector import Collector, Emitter, VmContext, guest_counter
@@ -59,18 +60,27 @@ def cpu_usage(prev: dict[str, int], cur: dict[str, int]) -> dict[str, float] | N
     """Percentages over the period between two samples of one CPU; None when a counter went
     backwards (guest rebooted) or no time passed."""
     delta = {f: cur[f] - prev[f] for f in FIELDS}
-    if any(v < 0 for v in delta.values()):
+    if min(delta.values()) < 0:
         return None
-    total = sum(delta[f] for f in TOTAL_FIELDS)
+    total = sum(_total_fields(delta))
     if total <= 0:
         return None
-    out = {METRIC[f]: 100.0 * delta[f] / total for f in FIELDS}
+    scale = 100.0 / total
+    out = {METRIC[f]: v * scale for f, v in delta.items()}
     out["cpu_usage_active"] = max(0.0, 100.0 - out["cpu_usage_idle"] - out["cpu_usage_iowait"])
     return out
 
 
+_total_fields = itemgetter(*TOTAL_FIELDS)
+_fields = itemgetter(*FIELDS)
+
+
 def total_of(cpus: dict[int, dict[str, int]]) -> dict[str, int]:
-    return {f: sum(c[f] for c in cpus.values()) for f in FIELDS}
+    """The fields summed over every CPU (the cpu-total line /proc/stat has and qemu-ga omits)."""
+    if not cpus:
+        return dict.fromkeys(FIELDS, 0)
+    columns = zip(*map(_fields, cpus.values()), strict=True)
+    return dict(zip(FIELDS, map(sum, columns), strict=True))
 
 
 class GuestCpu(Collector[CpuSample]):
