@@ -194,8 +194,24 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+IN_GUEST_PLUGINS = {
+    "disk": {"resources": ["*"]},
+    "cpu": {"resources": ["*"], "totalcpu": True},
+    # The peers' guest agent is the host's qemu-ga: it reports the host's devices (dozens of
+    # loop devices, several interfaces). Send what a typical VM has.
+    "diskio": {"resources": ["vda"]},
+    "net": {"resources": ["lo", "eth0"]},
+    "mem": {},
+}
+
+
 async def measure_agent(
-    run_dir: str, cycles: int, endpoint: str, state: str, profile: str | None = None
+    run_dir: str,
+    cycles: int,
+    endpoint: str,
+    state: str,
+    collectors: str = "all",
+    profile: str | None = None,
 ) -> dict[str, Any]:
     from hiveagent.agent import Agent, settle_memory
     from hiveagent.config import parse_config
@@ -207,15 +223,7 @@ async def measure_agent(
             "agent": {"metrics_collection_interval": 60, "region": "us-east-1"},
             "metrics": {
                 "endpoint_override": endpoint,
-                "metrics_collected": {
-                    "disk": {"resources": ["*"]},
-                    "cpu": {"resources": ["*"], "totalcpu": True},
-                    # The peers' guest agent is the host's qemu-ga: it reports the host's devices
-                    # (dozens of loop devices, several interfaces). Send what a typical VM has.
-                    "diskio": {"resources": ["vda"]},
-                    "net": {"resources": ["lo", "eth0"]},
-                    "mem": {},
-                },
+                "metrics_collected": IN_GUEST_PLUGINS if collectors == "all" else {},
             },
             "hypervisor": {
                 "discovery": {"spinifex": {"run_dir": run_dir}},
@@ -278,7 +286,7 @@ async def measure_agent(
     }
 
 
-async def measure_floor(run_dir: str, cycles: int) -> dict[str, Any]:
+async def measure_floor(run_dir: str, cycles: int, collectors: str = "all") -> dict[str, Any]:
     sidecars = [json.loads(p.read_text()) for p in sorted(Path(run_dir).glob("*.json"))]
     limit = asyncio.Semaphore(CONCURRENCY)
     qmp: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, int, list[int]]] = []
@@ -294,6 +302,13 @@ async def measure_floor(run_dir: str, cycles: int) -> dict[str, Any]:
         cpus = json.loads(await reader.readline())["return"]
         qmp.append((reader, writer, pid, [c["thread-id"] for c in cpus]))
 
+    everything = collectors == "all"
+    # Without in-guest plugins the agent asks no balloon stats and only resyncs the guest agent
+    # (the instance status check).
+    qmp_batch = QMP_BATCH if everything else QMP_BATCH.rsplit(b"\n", 2)[0] + b"\n"
+    qga_batch = QGA_BATCH if everything else QGA_BATCH.split(b"\n", 1)[0] + b"\n"
+    qga_replies = qga_batch.count(b"\n")
+
     async def reply(reader: asyncio.StreamReader) -> bytes:
         while True:
             line = await reader.readline()
@@ -304,8 +319,8 @@ async def measure_floor(run_dir: str, cycles: int) -> dict[str, Any]:
         async with limit:
             reader, writer, pid, tids = qmp[i]
             # In flight together, as the agent sends them.
-            writer.write(QMP_BATCH)
-            for _ in range(3):
+            writer.write(qmp_batch)
+            for _ in range(qmp_batch.count(b"\n")):
                 await reply(reader)
             for path in (f"/proc/{pid}/stat", *(f"/proc/{pid}/task/{t}/schedstat" for t in tids)):
                 with open(path, "rb") as f:
@@ -316,9 +331,9 @@ async def measure_floor(run_dir: str, cycles: int) -> dict[str, Any]:
             with socket_mod.socket(socket_mod.AF_UNIX) as g:
                 g.setblocking(False)
                 await loop.sock_connect(g, sidecars[i]["qga_socket"])
-                await loop.sock_sendall(g, QGA_BATCH % random.randrange(1 << 31))
+                await loop.sock_sendall(g, qga_batch % random.randrange(1 << 31))
                 buf = b""
-                while (j := buf.find(b"\xff")) < 0 or buf.count(b"\n", j) < 1 + len(QGA_COMMANDS):
+                while (j := buf.find(b"\xff")) < 0 or buf.count(b"\n", j) < qga_replies:
                     chunk = await loop.sock_recv(g, 65536)
                     if not chunk:
                         raise RuntimeError("guest agent closed the connection")
@@ -394,6 +409,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="25,50,100,200")
     parser.add_argument("--cycles", type=int, default=5)
+    parser.add_argument(
+        "--collectors",
+        choices=("all", "hypervisor"),
+        default="all",
+        help="every collector (default), or only the hypervisor-side ones (no in-guest plugins)",
+    )
     parser.add_argument("--markdown", help="append the results table to this file")
     parser.add_argument("--profile", help="write the agent's cProfile stats to PATH.<N>")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -423,9 +444,10 @@ def main() -> int:
                 cycles=args.cycles,
                 endpoint=endpoint,
                 state=str(root / f"state{n}"),
+                collectors=args.collectors,
                 profile=f"{args.profile}.{n}" if args.profile else None,
             )
-            floor = child("floor", run_dir=run_dir, cycles=args.cycles)
+            floor = child("floor", run_dir=run_dir, cycles=args.cycles, collectors=args.collectors)
             rows.append({"agent": agent, "floor": floor})
             print(f"bench: N={n}: agent {json.dumps(agent)}")
             print(f"bench: N={n}: floor {json.dumps(floor)}")
@@ -443,7 +465,10 @@ def main() -> int:
     if args.markdown:
         with open(args.markdown, "a") as f:
             f.write(f"\n### {time.strftime('%Y-%m-%d')}, {machine()}\n\n")
-            f.write(f"{args.cycles} measured cycles per size (median shown).\n\n{report}\n")
+            f.write(
+                f"Collectors: {args.collectors}; {args.cycles} measured cycles per size (median "
+                f"shown).\n\n{report}\n"
+            )
     return 0
 
 
