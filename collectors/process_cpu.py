@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from hiveagent.collector import Collector, Emitter, VmContext
+from hiveagent.collector import Collector, Emitter, VmContext, read_file
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -24,8 +24,7 @@ class ProcCpuSample:
 
 
 def read_proc_stat(proc_root: str, pid: int) -> bytes:
-    with open(f"{proc_root}/{pid}/stat", "rb") as f:
-        return f.read(4096)
+    return read_file(f"{proc_root}/{pid}/stat", 4096)
 
 
 def parse_proc_stat(data: bytes) -> int:

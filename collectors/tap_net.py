@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from hiveagent.collector import Collector, Emitter, VmContext
+from hiveagent.collector import Collector, Emitter, VmContext, read_file
 from hiveagent.counters import counter_deltas
 
 TAP_RESCAN_CYCLES = 10
@@ -27,8 +27,7 @@ class TapSample:
 
 
 def read_net_dev(proc_root: str, pid: int) -> bytes:
-    with open(f"{proc_root}/{pid}/net/dev", "rb") as f:
-        return f.read(1 << 20)
+    return read_file(f"{proc_root}/{pid}/net/dev", 1 << 20)
 
 
 def parse_net_dev(data: bytes) -> dict[str, dict[str, int]]:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from hiveagent.collector import Collector, Emitter, VmContext
+from hiveagent.collector import Collector, Emitter, VmContext, read_file
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,7 @@ def parse_schedstat(data: bytes) -> tuple[int, int]:
 
 
 def read_schedstat(proc_root: str, pid: int, tid: int) -> bytes:
-    with open(f"{proc_root}/{pid}/task/{tid}/schedstat", "rb") as f:
-        return f.read(256)
+    return read_file(f"{proc_root}/{pid}/task/{tid}/schedstat", 256)
 
 
 def vcpu_values(prev: VcpuSample, cur: VcpuSample) -> dict[str, float] | None:

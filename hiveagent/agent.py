@@ -247,8 +247,8 @@ class Agent:
 
     async def _qmp_round(self, rt: VmRuntime, ctx: VmContext) -> Any:
         """query-status, query-chardev when due, and the QMP commands this cycle's collectors
-        will call, all in flight together (qemu.qmp matches replies by id). The replies (or
-        the QmpErrors they failed with) wait in ctx.qmp_replies; returns query-status's."""
+        will call, all in flight together under one deadline. The replies (or the QmpErrors
+        they failed with) wait in ctx.qmp_replies; returns query-status's."""
         ctx.pid = rt.pid
         calls: list[tuple[str, dict[str, Any] | None]] = [("query-status", None)]
         # The guest agent port's state is checked unless the guest agent answered last cycle
@@ -258,14 +258,9 @@ class Agent:
         for collector in self.collectors:
             if collector.needs_qmp and self._due(collector, rt, ctx):
                 calls.extend(collector.qmp_wants(ctx))
-        replies = await asyncio.gather(
-            *(rt.qmp.execute(command, arguments) for command, arguments in calls),
-            return_exceptions=True,
-        )
+        replies = await rt.qmp.execute_all(calls)
         ctx.qmp_replies.clear()
         for (command, arguments), reply in zip(calls, replies, strict=True):
-            if isinstance(reply, BaseException) and not isinstance(reply, QmpError):
-                raise reply
             ctx.qmp_replies[qmp_key(command, arguments)] = reply
         return replies[0]
 

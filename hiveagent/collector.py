@@ -9,6 +9,7 @@ framework (hiveagent.agent) owns connections, deadlines, error counting and the 
 from __future__ import annotations
 
 import math
+import os
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Mapping
@@ -83,6 +84,20 @@ class VmContext:
 
 _NOT_ASKED = object()
 MAX_DIMENSION_VALUE = 1024
+
+
+def read_file(path: str, limit: int) -> bytes:
+    """At most `limit` bytes of a small /proc or /sys file, with bare os.open/os.read: no
+    Python file object (which costs more than the read itself, once per VM and cycle)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks, size = [], 0
+        while size < limit and (chunk := os.read(fd, limit - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def clean_dimension(value: Any) -> str | None:

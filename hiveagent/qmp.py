@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,48 @@ class QmpSession:
         except (QMPError, OSError, EOFError) as exc:
             await self.close()
             raise QmpError(f"{command}: connection lost: {exc!r}") from exc
+
+    async def execute_all(self, calls: Sequence[tuple[str, dict[str, Any] | None]]) -> list[Any]:
+        """Several commands in flight together (qemu.qmp matches replies by id) under one
+        deadline; per command, its reply or the QmpError it failed with. A timeout or a lost
+        connection drops the connection (every command not answered gets that error)."""
+        if self._client is None:
+            raise QmpError(f"{self.path}: not connected")
+        client = self._client
+        tasks = [asyncio.ensure_future(client.execute(c, a)) for c, a in calls]
+        try:
+            async with asyncio.timeout(self.timeout):
+                await asyncio.wait(tasks)
+        except TimeoutError:
+            pass
+        finally:  # on a timeout, and if this caller is cancelled (the VM's own deadline)
+            pending = [task for task in tasks if not task.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        results: list[Any] = []
+        lost = False
+        for (command, _), task in zip(calls, tasks, strict=True):
+            exc = None if task.cancelled() else task.exception()
+            if task.cancelled():
+                err: QmpError = QmpTimeout(f"{command}: no reply within {self.timeout:g} s")
+                lost = True
+            elif exc is None:
+                results.append(task.result())
+                continue
+            elif isinstance(exc, ExecuteError):
+                err = QmpCommandError(command, exc.error_class, exc.error.error.desc)
+            elif isinstance(exc, QMPError | OSError | EOFError):
+                err = QmpError(f"{command}: connection lost: {exc!r}")
+                lost = True
+            else:
+                raise exc
+            err.__cause__ = exc
+            results.append(err)
+        if lost:
+            await self.close()
+        return results
 
     async def close(self) -> None:
         client, self._client = self._client, None

@@ -153,8 +153,11 @@ class QgaClient:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.setblocking(False)
             try:
-                async with asyncio.timeout(self.timeout):
-                    await loop.sock_connect(sock, self.path)
+                try:
+                    sock.connect(self.path)  # a unix socket connects at once, or says EAGAIN
+                except BlockingIOError:
+                    async with asyncio.timeout(self.timeout):
+                        await loop.sock_connect(sock, self.path)
             except TimeoutError as exc:
                 sock.close()
                 self.state = QgaState.CLOSED

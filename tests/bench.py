@@ -323,8 +323,9 @@ async def measure_floor(run_dir: str, cycles: int, collectors: str = "all") -> d
             for _ in range(qmp_batch.count(b"\n")):
                 await reply(reader)
             for path in (f"/proc/{pid}/stat", *(f"/proc/{pid}/task/{t}/schedstat" for t in tids)):
-                with open(path, "rb") as f:
-                    f.read()
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # as the agent reads them
+                os.read(fd, 4096)
+                os.close(fd)
             # As the agent does: the resync and the cycle's commands in one write, then the
             # replies (the id-less error for 0xFF, 0xFF + the sync reply, one line each).
             loop = asyncio.get_running_loop()
