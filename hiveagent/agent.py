@@ -82,8 +82,8 @@ def count_timeout(rt: VmRuntime, exc: Exception) -> None:
 
 # Containers allocated (net) before the cyclic collector's youngest generation runs. The
 # default, 700, ran it about 200 times per 200-VM cycle: each run promotes the replies and
-# datums in flight at that moment, so the older generations, rescanned for them, cost about a
-# tenth of the agent's CPU (measured: 0.63 s of collection in 8 cycles, 0.07 s at 20,000, see
+# datums in flight at that moment, and the older generations, rescanned for them, took about 7%
+# of the agent's CPU (measured: 0.63 s of collection in 8 cycles, 0.07 s at 20,000, see
 # BENCHMARKS.md). Reference counting frees nearly everything the agent makes; what is cyclic
 # (exception tracebacks) waits at most this many allocations, a few MiB.
 GC_YOUNG_THRESHOLD = 20_000
