@@ -11,8 +11,10 @@ moto's server is the endpoint.
 
 Each measurement runs in its own child process, so CPU time and peak RSS are its own:
 
-- agent: `Agent.cycle()` with every registered collector, then the datums spooled (fsync) and
-  sent to moto. Two warm-up cycles (connections, priming, guest-info), then `--cycles` measured.
+- agent: `Agent.cycle()` with every registered collector and the in-guest plugins
+  (`--collectors all`, the default) or without them (`--collectors hypervisor`), then the datums
+  spooled (fsync) and sent to moto. Two warm-up cycles (connections, priming, guest-info), then
+  `--cycles` measured.
 - floor: the same socket exchanges per VM and cycle as the agent, done by a minimal asyncio
   client that parses and computes nothing: QMP query-status, query-blockstats and qom-get of
   the balloon's guest-stats, in flight together on a long-lived connection (the agent asks
@@ -20,7 +22,11 @@ Each measurement runs in its own child process, so CPU time and peak RSS are its
   each vCPU thread's schedstat; a guest agent connection with one write of 0xFF +
   guest-sync-delimited + guest-get-fsinfo, -cpustats, -diskstats,
   guest-network-get-interfaces and guest-get-vcpus (pipelined, as the agent sends them), the
-  replies read, closed again.
+  replies read, closed again. With `--collectors hypervisor`: no balloon stats, and the guest
+  agent resync alone.
+
+The peers' firmware halts their vCPU (see `halt_firmware`), so idle peers do not take the CPUs
+from the agent being measured.
 
 This is a script that prints figures, not a test; figures depend on the machine (it is printed).
 """
