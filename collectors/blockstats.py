@@ -230,7 +230,7 @@ async def guest_busy_by_volume(ctx: VmContext) -> dict[str, int]:
     if not guest_busy_commands(ctx):
         return {}
     cached = ctx.cache.get("guest_disk_volumes")
-    if cached is None or disk_map_due(ctx):
+    if cached is None or disk_map_due(ctx):  # (None checked again for the type checker)
         pci = parse_query_pci(await ctx.qmp.execute("query-pci"))
         cached = [0, map_guest_disks(await ctx.qga_call("guest-get-disks"), pci,
                                      ctx.spec.instance_id)]  # fmt: skip

@@ -86,21 +86,12 @@ class QmpSession:
         self._client = client
 
     async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        """Run one command within the deadline. Any failure other than a command error drops
-        the connection; the next cycle reconnects."""
-        if self._client is None:
-            raise QmpError(f"{self.path}: not connected")
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await self._client.execute(command, arguments)
-        except ExecuteError as exc:
-            raise QmpCommandError(command, exc.error_class, exc.error.error.desc) from exc
-        except TimeoutError as exc:
-            await self.close()
-            raise QmpTimeout(f"{command}: no reply within {self.timeout:g} s") from exc
-        except (QMPError, OSError, EOFError) as exc:
-            await self.close()
-            raise QmpError(f"{command}: connection lost: {exc!r}") from exc
+        """Run one command within the deadline (see execute_all): its reply, or raise the
+        QmpError it failed with."""
+        (reply,) = await self.execute_all([(command, arguments)])
+        if isinstance(reply, QmpError):
+            raise reply
+        return reply
 
     async def execute_all(self, calls: Sequence[tuple[str, dict[str, Any] | None]]) -> list[Any]:
         """Several commands in flight together (qemu.qmp matches replies by id) under one
