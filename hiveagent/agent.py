@@ -52,7 +52,9 @@ class VmRuntime:
     qga_seen: bool = False  # the guest agent answered during this QEMU process's life
     qga_path: str | None = None  # the guest agent socket found by the last query-chardev
     qga_answered: bool = False  # the guest agent answered in the last cycle
-    run_status: str | None = None
+    run_status: str | None = None  # query-status `status`, as last read
+    status_mark: tuple[int, int] | None = None  # QmpSession.event_mark when it was read
+    status_cycle: int = 0  # the cycle it was read in
     qga_state: str = "unknown"
     last_error: str | None = None
     errors: Counter[str] = field(default_factory=Counter)
@@ -87,6 +89,9 @@ def count_timeout(rt: VmRuntime, exc: Exception) -> None:
 # BENCHMARKS.md). Reference counting frees nearly everything the agent makes; what is cyclic
 # (exception tracebacks) waits at most this many allocations, a few MiB.
 GC_YOUNG_THRESHOLD = 20_000
+# query-status is asked again after any QMP event; this bounds how long a run state change that
+# came without an event could go unseen (in cycles).
+STATUS_REFRESH_CYCLES = 10
 
 
 def settle_memory() -> None:
@@ -202,21 +207,18 @@ class Agent:
         return datums
 
     async def connect_vm(self, rt: VmRuntime, ctx: VmContext) -> str | None:
-        """QMP up, pid known, run status read, this cycle's QMP commands asked; returns the
+        """QMP up, pid known, run status current, this cycle's QMP commands asked; returns the
         guest agent socket to use, if any."""
         if not rt.qmp.connected:
             await self._connect_qmp(rt)
-        status = await self._qmp_round(rt, ctx)
-        if isinstance(status, QmpError) and not isinstance(status, QmpTimeout | QmpCommandError):
+        failure = await self._qmp_round(rt, ctx)
+        if isinstance(failure, QmpError) and not isinstance(failure, QmpTimeout | QmpCommandError):
             # The connection died since the last cycle (QEMU restarted): reconnect once.
             await self._connect_qmp(rt)
-            status = await self._qmp_round(rt, ctx)
-        if isinstance(status, QmpError):
-            raise status
-        ctx.run_status = status.get("status") if isinstance(status, dict) else None
-        if not isinstance(ctx.run_status, str):
-            ctx.run_status = None
-        rt.run_status = ctx.run_status
+            failure = await self._qmp_round(rt, ctx)
+        if failure is not None:
+            raise failure
+        ctx.run_status = rt.run_status
         if rt.vcpus is None:
             cpus = await rt.qmp.execute("query-cpus-fast")
             rt.vcpus = rt.spec.vcpus or (len(cpus) if isinstance(cpus, list) and cpus else None)
@@ -257,24 +259,54 @@ class Agent:
         if rt.qmp.pid != rt.pid:
             rt.new_process(rt.qmp.pid)
 
-    async def _qmp_round(self, rt: VmRuntime, ctx: VmContext) -> Any:
-        """query-status, query-chardev when due, and the QMP commands this cycle's collectors
-        will call, all in flight together under one deadline. The replies (or the QmpErrors
-        they failed with) wait in ctx.qmp_replies; returns query-status's."""
+    async def _qmp_round(self, rt: VmRuntime, ctx: VmContext) -> QmpError | None:
+        """This cycle's QMP commands, all in flight together under one deadline: the ones the
+        due collectors will call, query-chardev when due, and query-status when the run status
+        may have changed. The replies (or the QmpErrors they failed with) wait in
+        ctx.qmp_replies. Returns why QEMU counts as unreachable this cycle, if it does: a
+        timeout, a lost connection, or query-status failing."""
         ctx.pid = rt.pid
-        calls: list[tuple[str, dict[str, Any] | None]] = [("query-status", None)]
+        calls: list[tuple[str, dict[str, Any] | None]] = []
+        for collector in self.collectors:
+            if collector.needs_qmp and self._due(collector, rt, ctx):
+                calls.extend(collector.qmp_wants(ctx))
         # The guest agent port's state is checked unless the guest agent answered last cycle
         # (if it stopped since, that cycle's exchange times out and the next one checks).
         if self.config.qga_enabled and (rt.qga_path is None or not rt.qga_answered):
             calls.append(("query-chardev", None))
-        for collector in self.collectors:
-            if collector.needs_qmp and self._due(collector, rt, ctx):
-                calls.extend(collector.qmp_wants(ctx))
+        # QEMU announces every run state change with an event (STOP, RESUME, SHUTDOWN,
+        # GUEST_PANICKED...): the status read after the last event is still current. It is
+        # asked anyway when nothing else is (one command per cycle proves QEMU answers, for
+        # StatusCheckFailed_System) and every STATUS_REFRESH_CYCLES cycles.
+        mark = rt.qmp.event_mark
+        ask_status = (
+            not calls
+            or mark is None
+            or mark != rt.status_mark
+            or rt.cycles - rt.status_cycle >= STATUS_REFRESH_CYCLES
+        )
+        if ask_status:
+            calls.insert(0, ("query-status", None))
         replies = await rt.qmp.execute_all(calls)
         ctx.qmp_replies.clear()
         for (command, arguments), reply in zip(calls, replies, strict=True):
             ctx.qmp_replies[qmp_key(command, arguments)] = reply
-        return replies[0]
+        for reply in replies:
+            if isinstance(reply, QmpError) and not isinstance(reply, QmpCommandError):
+                rt.status_mark = None
+                return reply  # timed out or lost: every reply failed the same way
+        if not ask_status:
+            return None
+        status = replies[0]
+        if isinstance(status, QmpError):
+            rt.status_mark = None
+            return status
+        run_status = status.get("status") if isinstance(status, dict) else None
+        rt.run_status = run_status if isinstance(run_status, str) else None
+        # Taken before the command was sent: an event that crossed the reply asks again.
+        rt.status_mark = mark if rt.run_status is not None else None
+        rt.status_cycle = rt.cycles
+        return None
 
     async def collect_vm(self, rt: VmRuntime) -> list[Datum]:
         ctx = VmContext(spec=rt.spec, config=self.config, qmp=rt.qmp, pid=None, cache=rt.cache)

@@ -56,8 +56,8 @@ class VmContext:
     qmp_replies: dict[QmpCall, Any] = field(default_factory=dict)  # this cycle's, asked ahead
 
     async def qmp_call(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        """A QMP command's reply: the one the agent asked ahead this cycle (with query-status,
-        all in flight together) if it did, else asked now. A stored QmpError is raised."""
+        """A QMP command's reply: the one the agent asked ahead this cycle (with the cycle's
+        other QMP commands, all in flight together) if it did, else asked now. A stored QmpError is raised."""
         reply = self.qmp_replies.get(qmp_key(command, arguments), _NOT_ASKED)
         if reply is _NOT_ASKED:
             return await self.qmp.execute(command, arguments)
@@ -192,7 +192,7 @@ class Collector(ABC, Generic[S]):
 
     def qmp_wants(self, ctx: VmContext) -> tuple[tuple[str, dict[str, Any] | None], ...]:
         """The QMP commands (with arguments) `sample` will call through ctx.qmp_call this
-        cycle, asked ahead together with query-status."""
+        cycle, asked ahead together with the cycle's other QMP commands."""
         return ()
 
     def qga_wants(self, ctx: VmContext) -> tuple[str, ...]:

@@ -38,16 +38,29 @@ def peer_pid(sock: socket.socket) -> int:
 
 
 class QuietQMPClient(QMPClient):
-    """QMPClient without its per-message debug hooks: qemu.qmp's base `_cb_outbound` and
-    `_cb_inbound` pretty-print every message (json indent=2) for a debug log line even when
-    debug logging is off, which was the largest CPU cost of a collection cycle (see
-    BENCHMARKS.md). These hooks are documented as meant for subclasses to override."""
+    """QMPClient without its per-message debug hooks, and counting events instead of keeping
+    them.
+
+    qemu.qmp's base `_cb_outbound` and `_cb_inbound` pretty-print every message (json indent=2)
+    for a debug log line even when debug logging is off, which was the largest CPU cost of a
+    collection cycle (see BENCHMARKS.md); these hooks are documented as meant for subclasses to
+    override. Its default all-events listener queues every event and appends it to a history
+    list that is never trimmed: on a connection kept for the life of a VM that grows without
+    bound (every STOP/RESUME, RTC_CHANGE, BALLOON_CHANGE...). The agent only needs to know
+    that something happened (`events_seen`: any event makes it ask query-status again)."""
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__(name)
+        self.events_seen = 0  # events received on this connection
 
     def _cb_outbound(self, msg: Message) -> Message:
         return msg
 
     def _cb_inbound(self, msg: Message) -> Message:
         return msg
+
+    async def _event_dispatch(self, msg: Message) -> None:
+        self.events_seen += 1
 
 
 class QmpSession:
@@ -57,8 +70,19 @@ class QmpSession:
         self.path = path
         self.timeout = timeout
         self.pid: int | None = None
-        self._client: QMPClient | None = None
+        self._client: QuietQMPClient | None = None
         self._name = name
+        self._connections = 0  # successful connects so far
+
+    @property
+    def event_mark(self) -> tuple[int, int] | None:
+        """Changes whenever QEMU sent an event or the connection was replaced: a run status
+        read after this mark was taken is current until the mark changes (QEMU announces
+        every run state change with an event: STOP, RESUME, SHUTDOWN, GUEST_PANICKED...).
+        None while not connected."""
+        if self._client is None:
+            return None
+        return (self._connections, self._client.events_seen)
 
     @property
     def connected(self) -> bool:
@@ -84,6 +108,7 @@ class QmpSession:
             await _quiet_disconnect(client)
             raise QmpError(f"{self.path}: cannot connect: {exc}") from exc
         self._client = client
+        self._connections += 1
 
     async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         """Run one command within the deadline (see execute_all): its reply, or raise the

@@ -57,6 +57,7 @@ sys.path.insert(0, str(REPO))
 from tests.harness import HOST_QGA_BLOCKED, free_port, hex_id, wait_for  # noqa: E402
 
 CONCURRENCY = 32
+WARM_UP_CYCLES = 2  # connections, priming, guest-info
 # The guest agent commands the agent asks every cycle with this config, pipelined after the
 # resync (guest-get-disks, for the disk map, only every tenth cycle).
 QGA_COMMANDS = (
@@ -66,8 +67,11 @@ QGA_COMMANDS = (
     b"guest-network-get-interfaces",
     b"guest-get-vcpus",
 )
+# query-status goes out on the first cycle and every STATUS_REFRESH_CYCLES cycles after (QMP
+# events announce run state changes; the peers have none).
+QMP_STATUS = b'{"execute":"query-status","id":1}\n'
 QMP_BATCH = (
-    b'{"execute":"query-status","id":1}\n{"execute":"query-blockstats","id":2}\n'
+    b'{"execute":"query-blockstats","id":2}\n'
     b'{"execute":"qom-get","arguments":{"path":"/machine/peripheral/balloon0",'
     b'"property":"guest-stats"},"id":3}\n'
 )
@@ -243,7 +247,7 @@ async def measure_agent(
     spool = Spool(config.spool.directory)
     spool.open()
     publisher = Publisher(make_client(config.region, endpoint), spool, config.publish)
-    for _ in range(2):
+    for _ in range(WARM_UP_CYCLES):
         publisher.add(await agent.cycle())
         await publisher.flush()
     settle_memory()  # as the daemon does after its second cycle
@@ -271,7 +275,7 @@ async def measure_agent(
         publish_cpu.append(c2 - c1)
         publish_wall.append(t2 - t1)
         counts.append(len(datums))
-    if profiler is not None:
+    if profiler is not None and profile:
         profiler.dump_stats(profile)
     vms = len(agent.vms)
     errors = sum(sum(rt.errors.values()) for rt in agent.vms.values())
@@ -293,6 +297,8 @@ async def measure_agent(
 
 
 async def measure_floor(run_dir: str, cycles: int, collectors: str = "all") -> dict[str, Any]:
+    from hiveagent.agent import STATUS_REFRESH_CYCLES
+
     sidecars = [json.loads(p.read_text()) for p in sorted(Path(run_dir).glob("*.json"))]
     limit = asyncio.Semaphore(CONCURRENCY)
     qmp: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, int, list[int]]] = []
@@ -311,7 +317,7 @@ async def measure_floor(run_dir: str, cycles: int, collectors: str = "all") -> d
     everything = collectors == "all"
     # Without in-guest plugins the agent asks no balloon stats and only resyncs the guest agent
     # (the instance status check).
-    qmp_batch = QMP_BATCH if everything else QMP_BATCH.rsplit(b"\n", 2)[0] + b"\n"
+    qmp_batch = QMP_BATCH if everything else QMP_BATCH.split(b"\n", 1)[0] + b"\n"
     qga_batch = QGA_BATCH if everything else QGA_BATCH.split(b"\n", 1)[0] + b"\n"
     qga_replies = qga_batch.count(b"\n")
 
@@ -321,12 +327,13 @@ async def measure_floor(run_dir: str, cycles: int, collectors: str = "all") -> d
             if b'"return"' in line or b'"error"' in line or not line:
                 return line
 
-    async def one(i: int) -> None:
+    async def one(i: int, cycle: int) -> None:
         async with limit:
             reader, writer, pid, tids = qmp[i]
             # In flight together, as the agent sends them.
-            writer.write(qmp_batch)
-            for _ in range(qmp_batch.count(b"\n")):
+            batch = qmp_batch if cycle % STATUS_REFRESH_CYCLES else QMP_STATUS + qmp_batch
+            writer.write(batch)
+            for _ in range(batch.count(b"\n")):
                 await reply(reader)
             for path in (f"/proc/{pid}/stat", *(f"/proc/{pid}/task/{t}/schedstat" for t in tids)):
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # as the agent reads them
@@ -346,11 +353,12 @@ async def measure_floor(run_dir: str, cycles: int, collectors: str = "all") -> d
                         raise RuntimeError("guest agent closed the connection")
                     buf += chunk
 
-    await asyncio.gather(*(one(i) for i in range(len(qmp))))  # warm-up
+    for cycle in range(WARM_UP_CYCLES):  # as the agent's
+        await asyncio.gather(*(one(i, cycle) for i in range(len(qmp))))
     cpu, wall = [], []
-    for _ in range(cycles):
+    for cycle in range(WARM_UP_CYCLES, WARM_UP_CYCLES + cycles):
         c0, t0 = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(len(qmp))))
+        await asyncio.gather(*(one(i, cycle) for i in range(len(qmp))))
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - t0)
     for _, writer, _, _ in qmp:
@@ -430,7 +438,7 @@ def main() -> int:
     if args.child:
         kw = json.loads(args.child_args)
         fn = measure_agent if args.child == "agent" else measure_floor
-        print(json.dumps(asyncio.run(fn(**kw))))  # type: ignore[operator]
+        print(json.dumps(asyncio.run(fn(**kw))))
         return 0
 
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -94,6 +94,7 @@ class Vm:
     accel: str
     vcpus: int
     taps: list[str] = field(default_factory=list)
+    control_socket: Path | None = None  # a second QMP monitor, the cloud's own (control=True)
 
     @property
     def pid(self) -> int:
@@ -195,9 +196,11 @@ class Harness:
         sidecar: bool = True,
         balloon_poll_s: int = 2,
         tap: bool = False,
+        control: bool = False,
     ) -> Vm:
         """Start one VM the Spinifex way. volumes: (size MiB, ext4?) each; the guest mounts the
-        first ext4 one on /mnt/data. Without boot_guest, QEMU runs with no guest OS."""
+        first ext4 one on /mnt/data. Without boot_guest, QEMU runs with no guest OS. control:
+        a second QMP monitor beside the telemetry one, as the cloud's control plane has."""
         instance_id = hex_id("i", 0xA000 + n)
         d = self.root / instance_id
         d.mkdir(parents=True, exist_ok=True)
@@ -243,6 +246,7 @@ class Harness:
             "-no-user-config",
             "-qmp",
             f"unix:{qmp},server=on,wait=off",
+            *(["-qmp", f"unix:{d / 'control.sock'},server=on,wait=off"] if control else []),
             "-chardev",
             f"socket,path={qga},server=on,wait=off,id=qga0",
             "-device",
@@ -288,6 +292,8 @@ class Harness:
         if p.poll() is not None:
             raise RuntimeError(f"QEMU exited: {(d / 'qemu.err').read_text()}")
         vm = Vm(instance_id, d, qmp, qga, vols, p, console, accel, vcpus)
+        if control:
+            vm.control_socket = d / "control.sock"
         if tap:
             # An isolated link: no address, no IPv6 chatter from the host; only the guest talks.
             subprocess.run(["sysctl", "-q", f"net.ipv6.conf.{tap_name}.disable_ipv6=1"], check=True)

@@ -7,8 +7,9 @@ import socket
 from typing import Any
 
 import pytest
+from qemu.qmp import QMPClient
 
-from hiveagent.agent import Agent
+from hiveagent.agent import STATUS_REFRESH_CYCLES, Agent
 from hiveagent.config import parse_config
 from hiveagent.qmp import (
     QmpCommandError,
@@ -184,3 +185,55 @@ def test_vm_socket_held_by_another_client_does_not_delay_others(harness: Any) ->
     assert by_vm[(vm_a.instance_id, "StatusCheckFailed_System")] == 1
     assert by_vm[(vm_b.instance_id, "StatusCheckFailed_System")] == 0
     assert agent.last_cycle_s < 3.0
+
+
+def test_run_status_follows_qemu_events(harness: Any) -> None:
+    """query-status is asked on the first cycle, then again only after QEMU sent an event (here
+    STOP and RESUME, caused through the cloud's own monitor) or after STATUS_REFRESH_CYCLES
+    cycles; the events are counted, not kept."""
+    vm = harness.launch_vm(55, boot_guest=False, volumes=((8, False),), control=True)
+    agent = agent_for(harness)
+
+    async def go() -> None:
+        control = QMPClient("control-plane")
+        await control.connect(str(vm.control_socket))
+        try:
+            await agent.cycle()
+            rt = agent.vms[vm.instance_id]
+            assert (rt.run_status, rt.status_cycle) == ("running", 0)
+            for _ in range(2):
+                await agent.cycle()
+            assert rt.status_cycle == 0  # nothing happened: not asked again
+
+            async def event_arrives(command: str) -> None:
+                mark = rt.qmp.event_mark
+                await control.execute(command)
+                for _ in range(100):
+                    if rt.qmp.event_mark != mark:
+                        return
+                    await asyncio.sleep(0.05)
+                raise AssertionError(f"no QMP event on the telemetry socket after {command}")
+
+            await event_arrives("stop")
+            datums = await agent.cycle()
+            assert (rt.run_status, rt.status_cycle) == ("paused", 3)
+            mine = {
+                d.name: d.value for d in datums if ("InstanceId", vm.instance_id) in d.dimensions
+            }
+            assert mine["StatusCheckFailed"] == 0  # paused is not a failure
+            await event_arrives("cont")
+            await agent.cycle()
+            assert (rt.run_status, rt.status_cycle) == ("running", 4)
+            while rt.cycles < 4 + STATUS_REFRESH_CYCLES:
+                await agent.cycle()
+            assert rt.status_cycle == 4
+            await agent.cycle()
+            assert rt.status_cycle == 4 + STATUS_REFRESH_CYCLES  # asked anyway
+            client = rt.qmp._client
+            assert client is not None and client.events_seen == 2
+            assert client.events.history == () and client.events.empty()  # nothing kept
+        finally:
+            await control.disconnect()
+            await agent.close()
+
+    asyncio.run(go())
