@@ -57,7 +57,8 @@ class VmContext:
 
     async def qmp_call(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         """A QMP command's reply: the one the agent asked ahead this cycle (with the cycle's
-        other QMP commands, all in flight together) if it did, else asked now. A stored QmpError is raised."""
+        other QMP commands, all in flight together) if it did, else asked now. A stored
+        QmpError is raised."""
         reply = self.qmp_replies.get(qmp_key(command, arguments), _NOT_ASKED)
         if reply is _NOT_ASKED:
             return await self.qmp.execute(command, arguments)

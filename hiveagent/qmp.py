@@ -125,7 +125,17 @@ class QmpSession:
         if self._client is None:
             raise QmpError(f"{self.path}: not connected")
         client = self._client
-        tasks = [asyncio.ensure_future(client.execute(c, a)) for c, a in calls]
+        # execute_msg of a lazily serialised Message: QMPClient.execute builds an eagerly
+        # serialised one that execute_msg copies and serialises again, and both are thrown
+        # away when the id is set (three json.dumps per command instead of two).
+        tasks = [
+            asyncio.ensure_future(
+                client.execute_msg(
+                    Message({"execute": c, "arguments": a} if a else {"execute": c}, eager=False)
+                )
+            )
+            for c, a in calls
+        ]
         try:
             async with asyncio.timeout(self.timeout):
                 await asyncio.wait(tasks)
