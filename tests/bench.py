@@ -372,12 +372,69 @@ async def measure_floor(run_dir: str, cycles: int, collectors: str = "all") -> d
 
 
 def child(kind: str, **kw: Any) -> dict[str, Any]:
-    args = [sys.executable, "-m", "tests.bench", "--child", kind, "--child-args", json.dumps(kw)]
-    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1800)
-    if out.returncode != 0:
-        raise RuntimeError(f"{kind} child failed:\n{out.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    return children([(kind, REPO, kw)])[0]
+
+
+def children(runs: list[tuple[str, Path, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Measured children run at the same time, each (kind, checkout to run it from, arguments);
+    their results in order."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.bench", "--child", kind, "--child-args", json.dumps(kw)],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for kind, cwd, kw in runs
+    ]
+    results = []
+    for (kind, cwd, _), proc in zip(runs, procs, strict=True):
+        out, err = proc.communicate(timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{kind} child ({cwd}) failed:\n{err[-3000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def paired(root: Path, sizes: list[int], args: argparse.Namespace, endpoint: str) -> None:
+    """This checkout's agent and the one in args.paired_with, at the same time, each on its own
+    half of the peers: the machine's speed, which drifts here by up to 2x within an hour, is the
+    same for both."""
+    other = Path(args.paired_with).resolve()
+    for n in sizes:
+        halves = sorted((root / "all").glob("*.json"))
+        dirs = [root / f"pair{n}a", root / f"pair{n}b"]
+        for d, part in zip(dirs, (halves[:n], halves[n : 2 * n]), strict=True):
+            d.mkdir()
+            for f in part:
+                shutil.copy(f, d / f.name)
+        for rnd in range(args.rounds):
+            # Alternate which half each side gets.
+            sides = [(REPO, dirs[rnd % 2]), (other, dirs[1 - rnd % 2])]
+            here, there = children(
+                [
+                    (
+                        "agent",
+                        cwd,
+                        {
+                            "run_dir": str(d),
+                            "cycles": args.cycles,
+                            "endpoint": endpoint,
+                            "state": str(root / f"state-pair{n}-{rnd}-{i}"),
+                            "collectors": args.collectors,
+                        },
+                    )
+                    for i, (cwd, d) in enumerate(sides)
+                ]
+            )
+            per_vm = [r["collect_cpu_s"] / r["vms"] * 1e3 for r in (here, there)]
+            print(
+                f"| {n} | {rnd + 1} | {per_vm[0]:.3f} ms | {per_vm[1]:.3f} ms "
+                f"| {per_vm[0] / per_vm[1]:.2f} | {here['collect_wall_s'] * 1e3:.0f} / "
+                f"{there['collect_wall_s'] * 1e3:.0f} ms | {here['errors']} / {there['errors']} |",
+                flush=True,
+            )
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -432,6 +489,13 @@ def main() -> int:
     )
     parser.add_argument("--markdown", help="append the results table to this file")
     parser.add_argument("--profile", help="write the agent's cProfile stats to PATH.<N>")
+    parser.add_argument(
+        "--paired-with",
+        metavar="DIR",
+        help="instead of the floor, run the agent of another checkout (e.g. a git worktree of "
+        "an older commit) at the same time on as many other peers, and print both",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds per size")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -444,13 +508,20 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     root = Path(tempfile.mkdtemp(prefix="hiveagent-bench-"))
     print(f"bench: {machine()}")
-    print(f"bench: starting {max(sizes)} QEMU + {max(sizes)} qemu-ga peers in {root}")
+    n_peers = max(sizes) * (2 if args.paired_with else 1)
+    print(f"bench: starting {n_peers} QEMU + {n_peers} qemu-ga peers in {root}")
     t0 = time.monotonic()
-    peers = start_peers(root, max(sizes))
+    peers = start_peers(root, n_peers)
     moto, endpoint = start_moto(root)
     print(f"bench: peers up in {time.monotonic() - t0:.1f} s")
     rows = []
     try:
+        if args.paired_with:
+            print(f"| N VMs | round | agent CPU / VM / cycle: this checkout | {args.paired_with} "
+                  "| ratio | cycle wall (median) | agent errors |")  # fmt: skip
+            print("|---|---|---|---|---|---|---|")
+            paired(root, sizes, args, endpoint)
+            return 0
         for n in sizes:
             run_dir = str(run_dir_for(root, n))
             agent = child(
