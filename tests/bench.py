@@ -16,9 +16,10 @@ Each measurement runs in its own child process, so CPU time and peak RSS are its
   spooled (fsync) and sent to moto. Two warm-up cycles (connections, priming, guest-info), then
   `--cycles` measured.
 - floor: the same socket exchanges per VM and cycle as the agent, done by a minimal asyncio
-  client that parses and computes nothing: QMP query-status, query-blockstats and qom-get of
-  the balloon's guest-stats, in flight together on a long-lived connection (the agent asks
-  query-chardev only while the guest agent is not answering); reads of /proc/<pid>/stat and
+  client that parses and computes nothing: QMP query-blockstats and qom-get of the balloon's
+  guest-stats, in flight together on a long-lived connection, with query-status on the first
+  cycle and every tenth, as the agent asks it (QMP events tell it when the run status changed;
+  it asks query-chardev only while the guest agent is not answering); reads of /proc/<pid>/stat and
   each vCPU thread's schedstat; a guest agent connection with one write of 0xFF +
   guest-sync-delimited + guest-get-fsinfo, -cpustats, -diskstats,
   guest-network-get-interfaces and guest-get-vcpus (pipelined, as the agent sends them), the
@@ -27,6 +28,10 @@ Each measurement runs in its own child process, so CPU time and peak RSS are its
 
 The peers' firmware halts their vCPU (see `halt_firmware`), so idle peers do not take the CPUs
 from the agent being measured.
+
+`--paired-with DIR`: instead of the floor, another checkout's agent runs at the same time as
+this one, each on its own half of 2N peers (alternating halves each round), so that both see
+the same machine speed.
 
 This is a script that prints figures, not a test; figures depend on the machine (it is printed).
 """
