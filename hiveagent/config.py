@@ -3,39 +3,176 @@
 The format is the Amazon CloudWatch Agent's (`agent`, `metrics`) plus a `hypervisor` section for
 what that agent has no words for. Unlike the CloudWatch Agent, unknown keys are rejected
 everywhere, including inside plugins. Every error names the JSON path of the offending value.
+
+One declaration each: every key and its default are declared in the schema
+(hiveagent/schema/agent.schema.json, JSON Schema's `default`), and nowhere else; the measurement
+names a plugin accepts, and its default measurement list, are its rows in hiveagent.catalog and
+are put into the schema when it is loaded. A parsed config is the input with every absent key
+that has a default filled in (`with_defaults`); each dataclass field below names the key it
+holds (`_key`), and settings objects built directly in code (`PublishSettings()`) take their
+defaults from the schema too. Only defaults derived from other keys are code (`parse_config`),
+and the schema's `description` of those keys says how.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
-DEFAULT_INTERVAL_S = 60
-DEFAULT_SPINIFEX_RUN_DIR = "/run/spinifex"
-DISK_MEASUREMENTS = ("used_percent", "free", "total", "used")
-# The CloudWatch Agent's measurement names per in-guest plugin (without the plugin prefix).
+from hiveagent.catalog import CATALOG, Family
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+GUEST_PLUGINS = ("cpu", "diskio", "net", "mem")  # the Config attributes holding a GuestPlugin
+
+
+def catalog_measurements(plugin: str) -> tuple[str, ...]:
+    """The CloudWatch Agent measurement names of one plugin, without the `<plugin>_` prefix, in
+    catalog order: its in-guest catalog rows. Also the plugin's default measurement list."""
+    prefix = f"{plugin}_"
+    names = tuple(
+        name.removeprefix(prefix)
+        for name, spec in CATALOG.items()
+        if spec.family is Family.GUEST and name.startswith(prefix)
+    )
+    if not names:
+        raise KeyError(f"hiveagent.catalog has no in-guest rows named {prefix}*")
+    return names
+
+
+def _fill_from_catalog(node: Any) -> None:
+    """Give each `x-catalog-enum: <plugin>` node its enum (the names without, then with, the
+    plugin prefix) and each `x-catalog-default: <plugin>` node its default list."""
+    if isinstance(node, dict):
+        if "x-catalog-enum" in node:
+            plugin = node["x-catalog-enum"]
+            names = catalog_measurements(plugin)
+            node["enum"] = [*names, *(f"{plugin}_{n}" for n in names)]
+        if "x-catalog-default" in node:
+            node["default"] = list(catalog_measurements(node["x-catalog-default"]))
+        for value in node.values():
+            _fill_from_catalog(value)
+    elif isinstance(node, list):
+        for value in node:
+            _fill_from_catalog(value)
+
+
+def _load_schema() -> dict[str, Any]:
+    text = resources.files("hiveagent").joinpath("schema/agent.schema.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    _fill_from_catalog(schema)
+    return schema
+
+
+SCHEMA = _load_schema()  # with the catalog's names filled in; do not modify
+_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+# The CloudWatch Agent's measurement names per plugin (without the plugin prefix).
 PLUGIN_MEASUREMENTS: dict[str, tuple[str, ...]] = {
-    "cpu": (
-        "usage_idle", "usage_user", "usage_system", "usage_iowait", "usage_nice", "usage_irq",
-        "usage_softirq", "usage_steal", "usage_guest", "usage_guest_nice", "usage_active",
-    ),
-    "diskio": (
-        "reads", "writes", "read_bytes", "write_bytes", "read_time", "write_time", "io_time",
-        "iops_in_progress",
-    ),
-    "net": (
-        "bytes_sent", "bytes_recv", "packets_sent", "packets_recv", "err_in", "err_out",
-        "drop_in", "drop_out",
-    ),
-    "mem": ("used_percent", "available_percent", "total", "available", "used", "free", "cached"),
-}  # fmt: skip
+    plugin: catalog_measurements(plugin)
+    for plugin in SCHEMA["properties"]["metrics"]["properties"]["metrics_collected"]["properties"]
+}
+
+
+def _resolve(node: dict[str, Any]) -> dict[str, Any]:
+    """`node` with its local `$ref` ("#/$defs/<name>") merged in; the node's own keys win."""
+    ref = node.get("$ref")
+    if ref is None:
+        return node
+    target: dict[str, Any] = SCHEMA["$defs"][ref.removeprefix("#/$defs/")]
+    return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+
+
+def _schema_node(path: str) -> dict[str, Any]:
+    node = SCHEMA
+    for part in path.split("."):
+        properties = _resolve(node).get("properties", {})
+        if part not in properties:
+            raise KeyError(f"agent.schema.json has no key {path}")
+        node = properties[part]
+    return node
+
+
+def schema_default(path: str) -> Any:
+    """The default the schema declares for the key at dotted `path`, e.g.
+    "hypervisor.publish.timeout_seconds" (a copy). KeyError if it declares none."""
+    node = _resolve(_schema_node(path))
+    if "default" not in node:
+        raise KeyError(f"agent.schema.json declares no default for {path}")
+    return copy.deepcopy(node["default"])
+
+
+def with_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a valid agent.json with every absent key that has a schema default set to it,
+    sections included. Plugins have none: an absent plugin stays absent (off)."""
+    filled = copy.deepcopy(data)
+    _fill_defaults(SCHEMA, filled)
+    return filled
+
+
+def _fill_defaults(node: dict[str, Any], value: Any) -> None:
+    node = _resolve(node)
+    if isinstance(value, dict):
+        for key, sub in node.get("properties", {}).items():
+            if key not in value and "default" in _resolve(sub):
+                value[key] = copy.deepcopy(_resolve(sub)["default"])
+            if key in value:
+                _fill_defaults(sub, value[key])
+    elif isinstance(value, list) and isinstance(node.get("items"), dict):
+        for item in value:
+            _fill_defaults(node["items"], item)
+
+
+def _key(path: str, convert: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """Field metadata: the field holds the config value at dotted `path`, passed through
+    `convert` (None stays None: a key without a default that is absent)."""
+    _schema_node(path)  # a misspelt path fails at import
+    return {"key": path, "convert": convert}
+
+
+def _setting(path: str, convert: Callable[[Any], Any] | None = None) -> Any:
+    """A settings field holding the value at `path`, whose default (for objects built in code,
+    e.g. `PublishSettings()`, or read as `Limits.max_cpus`) is the schema's."""
+    default = schema_default(path)
+    return field(
+        default=default if convert is None else convert(default), metadata=_key(path, convert)
+    )
+
+
+def _sorted_items(mapping: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(mapping.items()))
+
+
+def _tuples(lists: list[list[str]]) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(items) for items in lists)
+
+
+_D = TypeVar("_D", bound="DataclassInstance")
+
+
+def _build(cls: type[_D], filled: dict[str, Any], **derived: Any) -> _D:
+    """`cls` with each `_key` field set from the filled config, the others from `derived`."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if "key" not in f.metadata:
+            continue
+        value: Any = filled
+        for part in f.metadata["key"].split("."):
+            value = value.get(part)
+            if value is None:
+                break
+        convert = f.metadata["convert"]
+        values[f.name] = value if convert is None or value is None else convert(value)
+    return cls(**values, **derived)
 
 
 class ConfigError(Exception):
@@ -60,8 +197,8 @@ class DiskPlugin:
     resources: tuple[str, ...]  # mount points, or ("*",) for all
     ignore_file_system_types: tuple[str, ...]
     drop_device: bool
-    interval_s: int
-    shaping: Shaping = Shaping()
+    interval_s: int  # metrics_collection_interval, else the agent's
+    shaping: Shaping
 
     def wants_mount(self, mountpoint: str) -> bool:
         return "*" in self.resources or mountpoint in self.resources
@@ -73,10 +210,10 @@ class GuestPlugin:
     agent (mem: the balloon through QMP)."""
 
     metrics: tuple[str, ...]  # full CloudWatch Agent names, e.g. "cpu_usage_user"
-    resources: tuple[str, ...]  # CPUs / devices / interfaces; ("*",) = all
-    totalcpu: bool = True  # cpu only: the cpu=cpu-total series
-    interval_s: int | None = None  # metrics_collection_interval; None: the agent's
-    shaping: Shaping = Shaping()
+    resources: tuple[str, ...]  # CPUs / devices / interfaces; ("*",) = all (mem: always)
+    totalcpu: bool  # cpu only: the cpu=cpu-total series (False for the other plugins)
+    interval_s: int | None  # metrics_collection_interval; None: the agent's
+    shaping: Shaping
 
     def wants(self, resource: str) -> bool:
         return "*" in self.resources or resource in self.resources
@@ -96,40 +233,48 @@ class GenericDiscovery:
 class SpoolSettings:
     """hypervisor.spool: the durable queue between collection and the endpoint."""
 
-    directory: str  # default <state_dir>/spool
-    max_bytes: int = 256 << 20  # oldest data is dropped (and counted) beyond this
-    fsync: bool = True  # fsync every append: a datum in the spool survives power loss
-    memory_max_datums: int = 100_000  # fallback queue when the disk cannot be written
+    directory: str  # hypervisor.spool.directory, else <state_dir>/spool
+    # oldest data is dropped (and counted) beyond this
+    max_bytes: int = _setting("hypervisor.spool.max_bytes")
+    # fsync every append: a datum in the spool survives power loss
+    fsync: bool = _setting("hypervisor.spool.fsync")
+    # fallback queue when the disk cannot be written
+    memory_max_datums: int = _setting("hypervisor.spool.memory_max_datums")
 
 
 @dataclass(frozen=True)
 class PublishSettings:
     """hypervisor.publish: retries and the circuit breaker in front of the endpoint."""
 
-    timeout_s: float = 10.0  # connect and read timeout of one PutMetricData call
-    breaker_failures: int = 3  # consecutive failures that open the breaker
-    breaker_open_s: float = 60.0  # how long the endpoint is then considered down
-    backoff_base_s: float = 1.0  # full-jitter backoff: uniform(0, min(max, base * 2**n))
-    backoff_max_s: float = 30.0
-    shutdown_flush_s: float = 10.0  # SIGTERM: flush for at most this long, spool the rest
+    # connect and read timeout of one PutMetricData call
+    timeout_s: float = _setting("hypervisor.publish.timeout_seconds", float)
+    # consecutive failures that open the breaker
+    breaker_failures: int = _setting("hypervisor.publish.breaker_failures")
+    # how long the endpoint is then considered down
+    breaker_open_s: float = _setting("hypervisor.publish.breaker_open_seconds", float)
+    # full-jitter backoff: uniform(0, min(max, base * 2**n))
+    backoff_base_s: float = _setting("hypervisor.publish.backoff_base_seconds", float)
+    backoff_max_s: float = _setting("hypervisor.publish.backoff_max_seconds", float)
+    # SIGTERM: flush for at most this long, spool the rest
+    shutdown_flush_s: float = _setting("hypervisor.publish.shutdown_flush_seconds", float)
 
 
 @dataclass(frozen=True)
 class SelfMetricsSettings:
     """hypervisor.self_metrics: the agent's own health, published like any metric."""
 
-    enabled: bool = True
-    namespace: str = "HiveAgent"
-    interval_s: int = 60
+    enabled: bool = _setting("hypervisor.self_metrics.enabled")
+    namespace: str = _setting("hypervisor.self_metrics.namespace")
+    interval_s: int = _setting("hypervisor.self_metrics.interval_seconds")
 
 
 @dataclass(frozen=True)
 class StatusServerSettings:
     """hypervisor.status_server: /healthz, /status and /metrics over HTTP."""
 
-    enabled: bool = True
-    address: str = "127.0.0.1"
-    port: int = 9133
+    enabled: bool = _setting("hypervisor.status_server.enabled")
+    address: str = _setting("hypervisor.status_server.address")
+    port: int = _setting("hypervisor.status_server.port")
 
 
 @dataclass(frozen=True)
@@ -137,67 +282,74 @@ class Limits:
     """hypervisor.limits: per-VM caps on what one guest (or QEMU) can make us report, so one VM
     cannot blow up cardinality (and its owner's bill). What is cut is counted."""
 
-    max_filesystems: int = 64
-    max_block_devices: int = 64
-    max_interfaces: int = 32
-    max_cpus: int = 256
-    max_disks: int = 64  # in-guest block devices (diskio)
+    max_filesystems: int = _setting("hypervisor.limits.max_filesystems")
+    max_block_devices: int = _setting("hypervisor.limits.max_block_devices")
+    max_interfaces: int = _setting("hypervisor.limits.max_interfaces")
+    max_cpus: int = _setting("hypervisor.limits.max_cpus")
+    max_disks: int = _setting("hypervisor.limits.max_disks")  # in-guest block devices (diskio)
 
 
 @dataclass(frozen=True)
 class Config:
-    interval_s: int
-    region: str | None
-    debug: bool
-    guest_namespace: str
-    ec2_enabled: bool
-    ec2_namespace: str
-    ebs_enabled: bool
-    ebs_namespace: str
-    endpoint_override: str | None
-    force_flush_interval_s: int
-    append_dimensions: tuple[tuple[str, str], ...]  # (name, "${aws:...}" or a static value)
+    """A parsed agent.json. Fields with `_key` metadata hold that key's value (the schema's
+    default when absent); the others are built by parse_config."""
+
+    interval_s: int = field(metadata=_key("agent.metrics_collection_interval"))
+    region: str | None = field(metadata=_key("agent.region"))
+    debug: bool = field(metadata=_key("agent.debug"))
+    guest_namespace: str = field(metadata=_key("metrics.namespace"))
+    ec2_enabled: bool = field(metadata=_key("hypervisor.ec2.enabled"))
+    ec2_namespace: str = field(metadata=_key("hypervisor.ec2.namespace"))
+    ebs_enabled: bool = field(metadata=_key("hypervisor.ebs.enabled"))
+    ebs_namespace: str = field(metadata=_key("hypervisor.ebs.namespace"))
+    endpoint_override: str | None = field(metadata=_key("metrics.endpoint_override"))
+    force_flush_interval_s: int = field(metadata=_key("metrics.force_flush_interval"))
+    # (name, "${aws:...}" or a static value)
+    append_dimensions: tuple[tuple[str, str], ...] = field(
+        metadata=_key("metrics.append_dimensions", _sorted_items)
+    )
     disk: DiskPlugin | None
     spinifex_run_dir: str | None  # None = Spinifex discovery off
     generic: tuple[GenericDiscovery, ...]
-    qmp_timeout_s: float
-    qga_enabled: bool
-    qga_timeout_s: float
-    qga_max_reply_bytes: int
-    max_concurrent_vms: int
-    proc_root: str
-    state_dir: str
-    aggregation_dimensions: tuple[tuple[str, ...], ...] = ()
-    cpu_source: str = "process"  # CPUUtilization from the QEMU process, or "vcpu_threads"
-    monitoring: str = "detailed"  # EC2 tier when the sidecar does not say (period_seconds)
-    datum_shape: str = "statistic_sets"  # basic-monitoring datums: or value_arrays, single_values
-    wire_protocol: str = "auto"  # auto (botocore's choice) | json | query
-    instance_metadata: str | None = None  # per-VM metadata file template ({instance_id})
-    cpu: GuestPlugin | None = None
-    diskio: GuestPlugin | None = None
-    net: GuestPlugin | None = None
-    mem: GuestPlugin | None = None
-    balloon_polling_interval_s: int | None = None  # qom-set it when the guest has none
-    vm_deadline_s: float = 10.0  # the whole collection of one VM in one cycle
-    limits: Limits = field(default_factory=Limits)
-    spool: SpoolSettings = field(default_factory=lambda: SpoolSettings("/var/lib/hiveagent/spool"))
-    publish: PublishSettings = field(default_factory=lambda: PublishSettings())
-    self_metrics: SelfMetricsSettings = field(default_factory=lambda: SelfMetricsSettings())
-    status_server: StatusServerSettings = field(default_factory=lambda: StatusServerSettings())
+    qmp_timeout_s: float = field(metadata=_key("hypervisor.qmp.timeout_seconds", float))
+    qga_enabled: bool = field(metadata=_key("hypervisor.qga.enabled"))
+    qga_timeout_s: float = field(metadata=_key("hypervisor.qga.timeout_seconds", float))
+    qga_max_reply_bytes: int = field(metadata=_key("hypervisor.qga.max_reply_bytes"))
+    max_concurrent_vms: int = field(metadata=_key("hypervisor.max_concurrent_vms"))
+    proc_root: str = field(metadata=_key("hypervisor.proc_root"))
+    state_dir: str = field(metadata=_key("hypervisor.state_dir"))
+    aggregation_dimensions: tuple[tuple[str, ...], ...] = field(
+        metadata=_key("metrics.aggregation_dimensions", _tuples)
+    )
+    # CPUUtilization from the QEMU process, or "vcpu_threads"
+    cpu_source: str = field(metadata=_key("hypervisor.ec2.cpu_source"))
+    # EC2 tier when the sidecar does not say (period_seconds)
+    monitoring: str = field(metadata=_key("hypervisor.ec2.monitoring"))
+    # basic-monitoring datums: statistic_sets, value_arrays or single_values
+    datum_shape: str = field(metadata=_key("metrics.datum_shape"))
+    # auto (botocore's choice) | json | query
+    wire_protocol: str = field(metadata=_key("metrics.wire_protocol"))
+    # per-VM metadata file template ({instance_id})
+    instance_metadata: str | None = field(metadata=_key("hypervisor.instance_metadata"))
+    cpu: GuestPlugin | None
+    diskio: GuestPlugin | None
+    net: GuestPlugin | None
+    mem: GuestPlugin | None
+    # qom-set it when the guest has none
+    balloon_polling_interval_s: int | None = field(
+        metadata=_key("hypervisor.balloon.set_polling_interval_seconds")
+    )
+    vm_deadline_s: float  # the whole collection of one VM in one cycle
+    limits: Limits
+    spool: SpoolSettings
+    publish: PublishSettings
+    self_metrics: SelfMetricsSettings
+    status_server: StatusServerSettings
     source: str = field(default="<memory>", compare=False)
 
     def with_run_dir(self, run_dir: str) -> Config:
         """The `--run-dir` override: Spinifex sidecars are read from run_dir."""
         return replace(self, spinifex_run_dir=run_dir)
-
-
-def _schema() -> dict[str, Any]:
-    text = resources.files("hiveagent").joinpath("schema/agent.schema.json").read_text()
-    schema: dict[str, Any] = json.loads(text)
-    return schema
-
-
-_VALIDATOR = jsonschema.Draft202012Validator(_schema())
 
 
 def json_path(parts: Any) -> str:
@@ -256,16 +408,14 @@ def _first_errors(data: Any) -> list[str]:
     return [_describe(e) for e in errors]
 
 
-def _plugin_parts(
-    plugin: str, c: dict[str, Any], defaults: tuple[str, ...], source: str
-) -> tuple[tuple[str, ...], Shaping]:
-    """Full metric names and shaping of one plugin section (validated by the schema)."""
+def _plugin_parts(plugin: str, c: dict[str, Any], source: str) -> tuple[tuple[str, ...], Shaping]:
+    """Full metric names and shaping of one plugin section (validated, defaults filled)."""
 
     def full(n: str) -> str:
         return n if n.startswith(f"{plugin}_") else f"{plugin}_{n}"
 
     names, renames = [], []
-    for item in c.get("measurement", list(defaults)):
+    for item in c["measurement"]:
         if isinstance(item, dict):
             names.append(full(item["name"]))
             renames.append((full(item["name"]), item.get("rename"), item.get("unit")))
@@ -276,13 +426,36 @@ def _plugin_parts(
             f"{source}: $.metrics.metrics_collected.{plugin}.measurement: "
             f"the same metric is named twice (with and without the {plugin}_ prefix)"
         )
-    drop = tuple(full(n) for n in c.get("drop_original_metrics", []))
     shaping = Shaping(
         renames=tuple(renames),
-        drop_original=drop,
-        append_dimensions=tuple(sorted(c.get("append_dimensions", {}).items())),
+        drop_original=tuple(full(n) for n in c["drop_original_metrics"]),
+        append_dimensions=_sorted_items(c["append_dimensions"]),
     )
     return tuple(names), shaping
+
+
+def _generic(i: int, g: dict[str, Any], source: str) -> GenericDiscovery:
+    where = f"$.hypervisor.discovery.generic[{i}]"
+    try:
+        pattern = re.compile(g["instance_id_regex"])
+    except re.error as exc:
+        raise ConfigError(
+            f"{source}: {where}.instance_id_regex: not a valid regex: {exc}"
+        ) from None
+    if "instance_id" not in pattern.groupindex:
+        raise ConfigError(
+            f"{source}: {where}.instance_id_regex: needs a named group (?P<instance_id>...)"
+        )
+    template = g.get("qga_socket")
+    if template is not None:
+        try:
+            template.format(instance_id="i", qmp_dir="/d")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(
+                f"{source}: {where}.qga_socket: bad template ({exc!r}); "
+                "use {instance_id} and {qmp_dir}"
+            ) from None
+    return GenericDiscovery(g["qmp_glob"], pattern, template, g.get("vcpus"))
 
 
 def parse_config(data: Any, source: str = "<memory>") -> Config:
@@ -290,157 +463,59 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
     problems = _first_errors(data)
     if problems:
         raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(problems))
-    agent = data.get("agent", {})
-    metrics = data.get("metrics", {})
-    hyper = data.get("hypervisor", {})
-    interval = agent.get("metrics_collection_interval", DEFAULT_INTERVAL_S)
-    collected = metrics.get("metrics_collected", {})
+    filled = with_defaults(data)
+    interval = filled["agent"]["metrics_collection_interval"]
+    collected = filled["metrics"]["metrics_collected"]
+    hyper = filled["hypervisor"]
 
     disk = None
     if "disk" in collected:
         d = collected["disk"]
-        names, shaping = _plugin_parts("disk", d, DISK_MEASUREMENTS, source)
+        names, shaping = _plugin_parts("disk", d, source)
         disk = DiskPlugin(
             metrics=names,
-            resources=tuple(d.get("resources", ["*"])),
-            ignore_file_system_types=tuple(d.get("ignore_file_system_types", [])),
-            drop_device=d.get("drop_device", False),
+            resources=tuple(d["resources"]),
+            ignore_file_system_types=tuple(d["ignore_file_system_types"]),
+            drop_device=d["drop_device"],
             interval_s=d.get("metrics_collection_interval", interval),
             shaping=shaping,
         )
 
     plugins: dict[str, GuestPlugin | None] = {}
-    for plugin, defaults in PLUGIN_MEASUREMENTS.items():
-        if plugin not in collected:
+    for plugin in GUEST_PLUGINS:
+        c = collected.get(plugin)
+        if c is None:
             plugins[plugin] = None
             continue
-        c = collected[plugin]
-        names, shaping = _plugin_parts(plugin, c, defaults, source)
+        names, shaping = _plugin_parts(plugin, c, source)
         plugins[plugin] = GuestPlugin(
             metrics=names,
-            resources=tuple(c.get("resources", [] if plugin == "cpu" else ["*"])),
-            totalcpu=c.get("totalcpu", True),
+            resources=tuple(c["resources"]) if "resources" in c else ("*",),  # mem has none
+            totalcpu="totalcpu" in c and c["totalcpu"],  # only cpu has the key
             interval_s=c.get("metrics_collection_interval"),
             shaping=shaping,
         )
-    discovery = hyper.get("discovery", {})
-    spinifex = discovery.get("spinifex", {})
-    spinifex_dir = (
-        spinifex.get("run_dir", DEFAULT_SPINIFEX_RUN_DIR) if spinifex.get("enabled", True) else None
-    )
-    generic = []
-    for i, g in enumerate(discovery.get("generic", [])):
-        where = f"$.hypervisor.discovery.generic[{i}]"
-        try:
-            pattern = re.compile(g["instance_id_regex"])
-        except re.error as exc:
-            raise ConfigError(
-                f"{source}: {where}.instance_id_regex: not a valid regex: {exc}"
-            ) from None
-        if "instance_id" not in pattern.groupindex:
-            raise ConfigError(
-                f"{source}: {where}.instance_id_regex: needs a named group (?P<instance_id>...)"
-            )
-        template = g.get("qga_socket")
-        if template is not None:
-            try:
-                template.format(instance_id="i", qmp_dir="/d")
-            except (KeyError, IndexError, ValueError) as exc:
-                raise ConfigError(
-                    f"{source}: {where}.qga_socket: bad template ({exc!r}); "
-                    "use {instance_id} and {qmp_dir}"
-                ) from None
-        generic.append(GenericDiscovery(g["qmp_glob"], pattern, template, g.get("vcpus")))
 
-    state_dir = hyper.get("state_dir", "/var/lib/hiveagent")
-    spool = hyper.get("spool", {})
-    publish = hyper.get("publish", {})
-    self_metrics = hyper.get("self_metrics", {})
-    status = hyper.get("status_server", {})
-    qmp = hyper.get("qmp", {})
-    qga = hyper.get("qga", {})
-    ec2 = hyper.get("ec2", {})
-    ebs = hyper.get("ebs", {})
-    return Config(
-        interval_s=interval,
-        region=agent.get("region"),
-        debug=agent.get("debug", False),
-        guest_namespace=metrics.get("namespace", "CWAgent"),
-        ec2_enabled=ec2.get("enabled", True),
-        ec2_namespace=ec2.get("namespace", "Hive/EC2"),
-        ebs_enabled=ebs.get("enabled", True),
-        ebs_namespace=ebs.get("namespace", "Hive/EBS"),
-        endpoint_override=metrics.get("endpoint_override"),
-        force_flush_interval_s=metrics.get("force_flush_interval", 60),
-        append_dimensions=tuple(sorted(metrics.get("append_dimensions", {}).items())),
-        cpu_source=ec2.get("cpu_source", "process"),
-        monitoring=ec2.get("monitoring", "detailed"),
-        datum_shape=metrics.get("datum_shape", "statistic_sets"),
-        aggregation_dimensions=tuple(
-            tuple(dims) for dims in metrics.get("aggregation_dimensions", [])
-        ),
-        wire_protocol=metrics.get("wire_protocol", "auto"),
-        instance_metadata=hyper.get("instance_metadata"),
+    spinifex = hyper["discovery"]["spinifex"]
+    generic = hyper["discovery"]["generic"]
+    timeouts = hyper["qmp"]["timeout_seconds"] + hyper["qga"]["timeout_seconds"]
+    spool_dir = hyper["spool"].get("directory", str(Path(hyper["state_dir"]) / "spool"))
+    return _build(
+        Config,
+        filled,
         disk=disk,
-        spinifex_run_dir=spinifex_dir,
-        generic=tuple(generic),
-        qmp_timeout_s=float(qmp.get("timeout_seconds", 2.0)),
-        qga_enabled=qga.get("enabled", True),
-        qga_timeout_s=float(qga.get("timeout_seconds", 3.0)),
-        qga_max_reply_bytes=qga.get("max_reply_bytes", 1 << 20),
-        max_concurrent_vms=hyper.get("max_concurrent_vms", 32),
-        proc_root=hyper.get("proc_root", "/proc"),
-        state_dir=state_dir,
+        spinifex_run_dir=spinifex["run_dir"] if spinifex["enabled"] else None,
+        generic=tuple(_generic(i, g, source) for i, g in enumerate(generic)),
         cpu=plugins["cpu"],
         diskio=plugins["diskio"],
         net=plugins["net"],
         mem=plugins["mem"],
-        balloon_polling_interval_s=hyper.get("balloon", {}).get("set_polling_interval_seconds"),
-        vm_deadline_s=float(
-            hyper.get(
-                "vm_deadline_seconds",
-                max(5.0, 2 * (qmp.get("timeout_seconds", 2.0) + qga.get("timeout_seconds", 3.0))),
-            )
-        ),
-        limits=Limits(
-            max_filesystems=hyper.get("limits", {}).get("max_filesystems", Limits.max_filesystems),
-            max_block_devices=hyper.get("limits", {}).get(
-                "max_block_devices", Limits.max_block_devices
-            ),
-            max_interfaces=hyper.get("limits", {}).get("max_interfaces", Limits.max_interfaces),
-            max_cpus=hyper.get("limits", {}).get("max_cpus", Limits.max_cpus),
-            max_disks=hyper.get("limits", {}).get("max_disks", Limits.max_disks),
-        ),
-        spool=SpoolSettings(
-            directory=spool.get("directory", str(Path(state_dir) / "spool")),
-            max_bytes=spool.get("max_bytes", SpoolSettings.max_bytes),
-            fsync=spool.get("fsync", True),
-            memory_max_datums=spool.get("memory_max_datums", SpoolSettings.memory_max_datums),
-        ),
-        publish=PublishSettings(
-            timeout_s=float(publish.get("timeout_seconds", PublishSettings.timeout_s)),
-            breaker_failures=publish.get("breaker_failures", PublishSettings.breaker_failures),
-            breaker_open_s=float(
-                publish.get("breaker_open_seconds", PublishSettings.breaker_open_s)
-            ),
-            backoff_base_s=float(
-                publish.get("backoff_base_seconds", PublishSettings.backoff_base_s)
-            ),
-            backoff_max_s=float(publish.get("backoff_max_seconds", PublishSettings.backoff_max_s)),
-            shutdown_flush_s=float(
-                publish.get("shutdown_flush_seconds", PublishSettings.shutdown_flush_s)
-            ),
-        ),
-        self_metrics=SelfMetricsSettings(
-            enabled=self_metrics.get("enabled", True),
-            namespace=self_metrics.get("namespace", SelfMetricsSettings.namespace),
-            interval_s=self_metrics.get("interval_seconds", SelfMetricsSettings.interval_s),
-        ),
-        status_server=StatusServerSettings(
-            enabled=status.get("enabled", True),
-            address=status.get("address", StatusServerSettings.address),
-            port=status.get("port", StatusServerSettings.port),
-        ),
+        vm_deadline_s=float(hyper.get("vm_deadline_seconds", max(5.0, 2 * timeouts))),
+        limits=_build(Limits, filled),
+        spool=_build(SpoolSettings, filled, directory=spool_dir),
+        publish=_build(PublishSettings, filled),
+        self_metrics=_build(SelfMetricsSettings, filled),
+        status_server=_build(StatusServerSettings, filled),
         source=source,
     )
 
