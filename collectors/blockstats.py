@@ -3,42 +3,49 @@
 One entry per guest device; only the top-level `stats` carries counters. The device is named by
 `device` (legacy -drive id) or, with -blockdev, by the qdev path's `-device id`. VolumeId is the
 `vol-...` id inside that name (Spinifex: `vdisk-vol-...`), else `<instance-id>:<device>`.
+VolumeIdleTime's best estimate uses the guest's own busy time for the disk behind each volume
+(guest-get-diskstats, through the disk map of collectors.guest_disk_map).
 """
 
 from __future__ import annotations
 
-import logging
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+from collectors.guest_disk_map import DISK_MAP_RESCAN_CYCLES, map_guest_disks
 from collectors.guest_diskio import parse_diskstats
-from hiveagent.collector import Collector, Emitter, VmContext
+from hiveagent.collector import Collector, Emitter, VmView, bounded_entries
 from hiveagent.counters import counter_delta, counter_deltas
-from hiveagent.qmp import QmpError
+from hiveagent.cycle import QmpCall, qmp_key
+from hiveagent.model import volume_id
 from qga.client import QgaError
 
-COUNTERS = (
-    "rd_bytes",
-    "wr_bytes",
-    "rd_operations",
-    "wr_operations",
-    "rd_total_time_ns",
-    "wr_total_time_ns",
-)
-log = logging.getLogger(__name__)
 MAX_DEVICES = 256
-_VOL_RE = re.compile(r"vol-[0-9a-f]{8,17}")
 _U64_MAX = (1 << 64) - 1
+
+
+class BlockCounters(NamedTuple):
+    """Cumulative, per block device: bytes, operations, nanoseconds."""
+
+    rd_bytes: int
+    wr_bytes: int
+    rd_operations: int
+    wr_operations: int
+    rd_total_time_ns: int
+    wr_total_time_ns: int
+
+
+COUNTERS = BlockCounters._fields
+GUEST_BUSY_COMMANDS = ("guest-get-disks", "guest-get-diskstats")
 
 
 @dataclass(frozen=True)
 class BlockSample:
     pid: int
     mono_s: float
-    devices: dict[str, dict[str, int]]  # device name -> counters
+    devices: dict[str, BlockCounters]  # device name -> counters
     idle_ns: dict[str, int] = field(default_factory=dict)  # QEMU's idle_time_ns, when known
     # QEMU's own average queue depth (rd + wr) per accounting interval, for devices configured
     # with stats-intervals: {device: {interval_length_s: depth}}
@@ -46,6 +53,8 @@ class BlockSample:
     # The guest's own busy time per volume (diskstats total-ticks, ms), when the guest disk
     # behind each volume is known: the best VolumeIdleTime estimate.
     guest_busy_ms: dict[str, int] = field(default_factory=dict)
+    disk_map: dict[str, str] | None = None  # guest disk -> VolumeId (None: not looked up)
+    disk_map_age: int = 0  # samples since it was looked up
 
 
 def device_name(entry: dict[str, Any]) -> str | None:
@@ -62,11 +71,6 @@ def device_name(entry: dict[str, Any]) -> str | None:
             qdev = qdev[len(prefix) :]
             break
     return qdev.removesuffix("/virtio-backend") or None
-
-
-def volume_id(device: str, instance_id: str) -> str:
-    m = _VOL_RE.search(device)
-    return m.group(0) if m else f"{instance_id}:{device}"
 
 
 def parse_timed_depth(reply: Any) -> dict[str, dict[int, float]]:
@@ -94,14 +98,14 @@ def parse_timed_depth(reply: Any) -> dict[str, dict[int, float]]:
     return out
 
 
-def queue_length(d: dict[str, int], period_s: float, timed: dict[int, float] | None) -> float:
+def queue_length(d: BlockCounters, period_s: float, timed: dict[int, float] | None) -> float:
     """VolumeQueueLength: QEMU's own average queue depth over the accounting interval that
     matches the period (the shortest one at least as long, else the longest) when the drive
     has stats-intervals; otherwise Little's law: total time requests spent queued / period."""
     if timed:
         fitting = [n for n in timed if n >= period_s - 1]
         return timed[min(fitting) if fitting else max(timed)]
-    return (d["rd_total_time_ns"] + d["wr_total_time_ns"]) / (period_s * 1e9)
+    return (d.rd_total_time_ns + d.wr_total_time_ns) / (period_s * 1e9)
 
 
 def parse_idle_ns(reply: Any) -> dict[str, int]:
@@ -118,17 +122,12 @@ def parse_idle_ns(reply: Any) -> dict[str, int]:
 
 def parse_blockstats(
     reply: Any, limit: int = MAX_DEVICES, rejected: Counter[str] | None = None
-) -> dict[str, dict[str, int]]:
+) -> dict[str, BlockCounters]:
     """Device name -> the six counters, each checked to be an integer in [0, 2^64); at most
     `limit` devices. Entries thrown away are counted in `rejected` by reason."""
-    out: dict[str, dict[str, int]] = {}
+    out: dict[str, BlockCounters] = {}
     rejected = Counter() if rejected is None else rejected
-    if not isinstance(reply, list):
-        raise ValueError("query-blockstats: reply is not a list")
-    for n, entry in enumerate(reply):
-        if len(out) >= limit:
-            rejected["blockstats.over_limit"] += len(reply) - n
-            break
+    for entry in bounded_entries(reply, "blockstats", limit, rejected, out):
         if not isinstance(entry, dict):
             rejected["blockstats.not_an_object"] += 1
             continue
@@ -136,27 +135,23 @@ def parse_blockstats(
         stats = entry.get("stats")
         if name is None or not isinstance(stats, dict):
             continue  # a device without a name (e.g. an empty CD drive): nothing to report
-        counters = {}
-        for key in COUNTERS:
-            v = stats.get(key)
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _U64_MAX:
-                rejected["blockstats.bad_counter"] += 1
-                break
-            counters[key] = v
+        values = [stats.get(key) for key in COUNTERS]
+        if all(v.__class__ is int and 0 <= v <= _U64_MAX for v in values):
+            out[name] = BlockCounters._make(values)
         else:
-            out[name] = counters
+            rejected["blockstats.bad_counter"] += 1
     return out
 
 
 def idle_time_s(
-    d: dict[str, int], period_s: float, idle_ns: int | None, guest_busy_ms: int | None = None
+    d: BlockCounters, period_s: float, idle_ns: int | None, guest_busy_ms: int | None = None
 ) -> float:
     """VolumeIdleTime: seconds without I/O in the period. QEMU keeps no cumulative idle
     counter. With no operation in the period it is exactly the period. Otherwise, best: the
     period minus the guest's own busy time for that disk (diskstats total-ticks delta, when the
     guest disk behind the volume is known); else QEMU's time since the last operation
     (`idle_time_ns`), a lower bound (idle gaps earlier in the period are not counted)."""
-    if d["rd_operations"] == 0 and d["wr_operations"] == 0:
+    if d.rd_operations == 0 and d.wr_operations == 0:
         return period_s
     if guest_busy_ms is not None:
         return min(period_s, max(0.0, period_s - guest_busy_ms / 1000))
@@ -165,85 +160,21 @@ def idle_time_s(
     return min(period_s, idle_ns / 1e9)
 
 
-def parse_query_pci(reply: Any) -> dict[tuple[int, int, int], str]:
-    """(bus, slot, function) -> qdev id of every PCI device that has one, bridges included."""
-    out: dict[tuple[int, int, int], str] = {}
-
-    def walk(devices: Any) -> None:
-        for dev in devices if isinstance(devices, list) else []:
-            if not isinstance(dev, dict):
-                continue
-            addr = tuple(dev.get(k) for k in ("bus", "slot", "function"))
-            qdev = dev.get("qdev_id")
-            if all(v.__class__ is int for v in addr) and isinstance(qdev, str) and qdev:
-                out[addr] = qdev  # type: ignore[index]
-            bridge = dev.get("pci_bridge")
-            if isinstance(bridge, dict):
-                walk(bridge.get("devices"))
-
-    for bus in reply if isinstance(reply, list) else []:
-        if isinstance(bus, dict):
-            walk(bus.get("devices"))
-    return out
+def guest_busy_known(vm: VmView) -> bool:
+    """Whether the guest's busy time per volume can be known this cycle."""
+    return (
+        vm.config.diskio is not None
+        and vm.facts.qga_connected
+        and all(c in vm.facts.qga_commands for c in GUEST_BUSY_COMMANDS)
+    )
 
 
-def map_guest_disks(
-    disks: Any, pci: dict[tuple[int, int, int], str], instance_id: str
-) -> dict[str, str]:
-    """Guest disk name (vdb) -> VolumeId, through the PCI address qemu-ga reports for each disk
-    (guest-get-disks `address.pci-controller`) and the qdev id QEMU has at that address. Works
-    without udev in the guest, unlike serials."""
-    out = {}
-    for disk in disks if isinstance(disks, list) else []:
-        if not isinstance(disk, dict) or disk.get("partition") is not False:
-            continue
-        name, address = disk.get("name"), disk.get("address")
-        ctl = address.get("pci-controller") if isinstance(address, dict) else None
-        if not isinstance(name, str) or not isinstance(ctl, dict):
-            continue
-        qdev = pci.get((ctl.get("bus"), ctl.get("slot"), ctl.get("function")))  # type: ignore[arg-type]
-        if qdev and _VOL_RE.search(qdev):
-            out[name.rsplit("/", 1)[-1]] = volume_id(qdev, instance_id)
-    return out
-
-
-DISK_MAP_RESCAN_CYCLES = 10  # hot-plugged disks appear within this many cycles
-
-
-def guest_busy_commands(ctx: VmContext) -> tuple[str, ...]:
-    """The guest agent commands guest_busy_by_volume needs this cycle (none: no estimate)."""
-    needed = {"guest-get-disks", "guest-get-diskstats"}
-    if ctx.config.diskio is None or ctx.qga is None or not needed <= ctx.qga_commands:
-        return ()
-    if disk_map_due(ctx):
-        return ("guest-get-disks", "guest-get-diskstats")
-    return ("guest-get-diskstats",)
-
-
-def disk_map_due(ctx: VmContext) -> bool:
-    cached = ctx.cache.get("guest_disk_volumes")
-    return cached is None or cached[0] >= DISK_MAP_RESCAN_CYCLES
-
-
-async def guest_busy_by_volume(ctx: VmContext) -> dict[str, int]:
-    """Volume -> the guest's cumulative busy ms for its disk; {} when it cannot be known."""
-    if not guest_busy_commands(ctx):
-        return {}
-    cached = ctx.cache.get("guest_disk_volumes")
-    if cached is None or disk_map_due(ctx):  # (None checked again for the type checker)
-        pci = parse_query_pci(await ctx.qmp.execute("query-pci"))
-        cached = [0, map_guest_disks(await ctx.qga_call("guest-get-disks"), pci,
-                                     ctx.spec.instance_id)]  # fmt: skip
-    cached[0] += 1
-    ctx.cache["guest_disk_volumes"] = cached
-    if not cached[1]:
-        return {}
-    stats = parse_diskstats(await ctx.qga_call("guest-get-diskstats"), ctx.config.limits.max_disks)
-    return {vol: stats[name]["total-ticks"] for name, vol in cached[1].items() if name in stats}
+def disk_map_due(prev: BlockSample | None) -> bool:
+    return prev is None or prev.disk_map is None or prev.disk_map_age >= DISK_MAP_RESCAN_CYCLES
 
 
 def volume_values(
-    d: dict[str, int],
+    d: BlockCounters,
     period_s: float,
     idle_ns: int | None = None,
     timed: dict[int, float] | None = None,
@@ -252,12 +183,12 @@ def volume_values(
     """Per-period EBS values from one device's counter deltas."""
     return {
         "VolumeIdleTime": idle_time_s(d, period_s, idle_ns, guest_busy_ms),
-        "VolumeReadOps": d["rd_operations"],
-        "VolumeWriteOps": d["wr_operations"],
-        "VolumeReadBytes": d["rd_bytes"],
-        "VolumeWriteBytes": d["wr_bytes"],
-        "VolumeTotalReadTime": d["rd_total_time_ns"] / 1e9,
-        "VolumeTotalWriteTime": d["wr_total_time_ns"] / 1e9,
+        "VolumeReadOps": d.rd_operations,
+        "VolumeWriteOps": d.wr_operations,
+        "VolumeReadBytes": d.rd_bytes,
+        "VolumeWriteBytes": d.wr_bytes,
+        "VolumeTotalReadTime": d.rd_total_time_ns / 1e9,
+        "VolumeTotalWriteTime": d.wr_total_time_ns / 1e9,
         "VolumeQueueLength": queue_length(d, period_s, timed),
     }
 
@@ -268,29 +199,42 @@ class BlockStats(Collector[BlockSample]):
     def enabled(self, config: object) -> bool:
         return bool(getattr(config, "ec2_enabled", True) or getattr(config, "ebs_enabled", True))
 
-    def qmp_wants(self, ctx: VmContext) -> tuple[tuple[str, dict[str, Any] | None], ...]:
-        return (("query-blockstats", None),)
+    def qmp_wants(self, vm: VmView, prev: BlockSample | None) -> tuple[QmpCall, ...]:
+        return (qmp_key("query-blockstats"),)
 
-    def qga_wants(self, ctx: VmContext) -> tuple[str, ...]:
-        return guest_busy_commands(ctx)
+    def qga_wants(self, vm: VmView, prev: BlockSample | None) -> tuple[str, ...]:
+        if not guest_busy_known(vm):
+            return ()
+        return GUEST_BUSY_COMMANDS if disk_map_due(prev) else ("guest-get-diskstats",)
 
-    async def sample(self, ctx: VmContext) -> BlockSample:
-        assert ctx.pid is not None
-        reply = await ctx.qmp_call("query-blockstats")
-        devices = parse_blockstats(reply, ctx.config.limits.max_block_devices, ctx.rejected)
+    def sample(self, vm: VmView, prev: BlockSample | None) -> BlockSample:
+        pid = vm.facts.pid
+        assert pid is not None
+        mono_s = time.monotonic()
+        reply = vm.qmp_reply("query-blockstats")
+        devices = parse_blockstats(reply, vm.config.limits.max_block_devices, vm.rejected)
         idle = {k: v for k, v in parse_idle_ns(reply).items() if k in devices}
         timed = {k: v for k, v in parse_timed_depth(reply).items() if k in devices}
-        try:
-            busy = await guest_busy_by_volume(ctx)
-        except (QgaError, QmpError, ValueError) as exc:
-            ctx.rejected["blockstats.guest_busy_unavailable"] += 1
-            log.debug("vm %s: guest disk busy time: %s", ctx.spec.instance_id, exc)
-            busy = {}
-        return BlockSample(ctx.pid, time.monotonic(), devices, idle, timed, busy)
+        disk_map = prev.disk_map if prev else None
+        age = prev.disk_map_age if prev else 0
+        busy: dict[str, int] = {}
+        if guest_busy_known(vm):
+            try:
+                if disk_map_due(prev):
+                    disks = vm.qga_reply("guest-get-disks")
+                    disk_map, age = map_guest_disks(disks, vm.facts.pci, vm.spec.instance_id), 0
+                age += 1
+                if disk_map:
+                    stats = parse_diskstats(
+                        vm.qga_reply("guest-get-diskstats"), vm.config.limits.max_disks
+                    )
+                    busy = {vol: stats[disk].counters.total_ticks
+                            for disk, vol in disk_map.items() if disk in stats}  # fmt: skip
+            except (QgaError, ValueError):
+                vm.rejected["blockstats.guest_busy_unavailable"] += 1
+        return BlockSample(pid, mono_s, devices, idle, timed, busy, disk_map, age)
 
-    def emit(
-        self, prev: BlockSample | None, cur: BlockSample, ctx: VmContext, out: Emitter
-    ) -> None:
+    def emit(self, prev: BlockSample | None, cur: BlockSample, vm: VmView, out: Emitter) -> None:
         if prev is None or prev.pid != cur.pid:
             return
         period = cur.mono_s - prev.mono_s
@@ -299,25 +243,22 @@ class BlockStats(Collector[BlockSample]):
         deltas = counter_deltas(prev.devices, cur.devices)
         if not deltas:
             return
-        if ctx.config.ebs_enabled:
+        config, instance_id = vm.config, vm.spec.instance_id
+        if config.ebs_enabled:
             for device, d in deltas.items():
-                dims = {"VolumeId": volume_id(device, ctx.spec.instance_id)}
-                vol = dims["VolumeId"]
+                vol = volume_id(device, instance_id)
                 busy = None
                 if vol in cur.guest_busy_ms and vol in prev.guest_busy_ms:
                     busy = counter_delta(prev.guest_busy_ms[vol], cur.guest_busy_ms[vol])
                 values = volume_values(
                     d, period, cur.idle_ns.get(device), cur.timed_depth.get(device), busy
                 )
-                out.emit_all(values, dims)
-        if ctx.config.ec2_enabled:
+                out.emit_all(values, {"VolumeId": vol})
+        if config.ec2_enabled:
             totals = {
-                name: sum(d[key] for d in deltas.values())
-                for name, key in (
-                    ("DiskReadOps", "rd_operations"),
-                    ("DiskWriteOps", "wr_operations"),
-                    ("DiskReadBytes", "rd_bytes"),
-                    ("DiskWriteBytes", "wr_bytes"),
-                )
+                "DiskReadOps": sum(d.rd_operations for d in deltas.values()),
+                "DiskWriteOps": sum(d.wr_operations for d in deltas.values()),
+                "DiskReadBytes": sum(d.rd_bytes for d in deltas.values()),
+                "DiskWriteBytes": sum(d.wr_bytes for d in deltas.values()),
             }
-            out.emit_all(totals, {"InstanceId": ctx.spec.instance_id})
+            out.emit_all(totals, {"InstanceId": instance_id})

@@ -11,76 +11,79 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
-from hiveagent.collector import Collector, Emitter, VmContext, guest_counter
+from hiveagent.collector import Collector, Emitter, VmView, bounded_entries, guest_counter
 
-FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal", "guest",
-          "guestnice")  # fmt: skip
+
+class CpuTimes(NamedTuple):
+    """Cumulative milliseconds of one CPU (or their sum), in qemu-ga's field order."""
+
+    user: int
+    nice: int
+    system: int
+    idle: int
+    iowait: int
+    irq: int
+    softirq: int
+    steal: int
+    guest: int = 0  # optional in qemu-ga's schema (older kernels)
+    guestnice: int = 0
+
+
+FIELDS = CpuTimes._fields
 OPTIONAL = ("guest", "guestnice")
-TOTAL_FIELDS = ("user", "system", "nice", "iowait", "irq", "softirq", "steal", "idle")
-METRIC = {f: f"cpu_usage_{f}" for f in FIELDS} | {"guestnice": "cpu_usage_guest_nice"}
+METRICS = (*(f"cpu_usage_{f}" for f in FIELDS[:-1]), "cpu_usage_guest_nice")
 
 
 @dataclass(frozen=True)
 class CpuSample:
-    cpus: dict[int, dict[str, int]]  # cpu number -> cumulative field -> ms
+    cpus: dict[int, CpuTimes]  # cpu number -> its cumulative times
 
 
 def parse_cpustats(
     reply: Any, limit: int = 256, rejected: Counter[str] | None = None
-) -> dict[int, dict[str, int]]:
+) -> dict[int, CpuTimes]:
     """CPU number -> its ten counters; Linux entries only, each field an integer >= 0."""
-    if not isinstance(reply, list):
-        raise ValueError("guest-get-cpustats: reply is not a list")
     rejected = Counter() if rejected is None else rejected
-    out: dict[int, dict[str, int]] = {}
-    for n, entry in enumerate(reply):
-        if len(out) >= limit:
-            rejected["cpustats.over_limit"] += len(reply) - n
-            break
+    out: dict[int, CpuTimes] = {}
+    for entry in bounded_entries(reply, "cpustats", limit, rejected, out):
         if not isinstance(entry, dict) or entry.get("type") != "linux":
             rejected["cpustats.not_linux"] += 1
             continue
         cpu = entry.get("cpu")
-        # guest and guestnice are optional in the schema (older kernels); the rest are not.
-        values = {f: guest_counter(entry.get(f, 0 if f in OPTIONAL else None)) for f in FIELDS}
+        values = [guest_counter(entry.get(f, 0 if f in OPTIONAL else None)) for f in FIELDS]
         if cpu.__class__ is not int or not 0 <= cpu < 1 << 20 or cpu in out:
             rejected["cpustats.bad_cpu"] += 1
             continue
-        if any(v is None for v in values.values()):
+        if None in values:
             rejected["cpustats.bad_counter"] += 1
             continue
-        out[cpu] = {f: int(v) for f, v in values.items() if v is not None}
+        out[cpu] = CpuTimes._make(values)
     return out
 
 
-def cpu_usage(prev: dict[str, int], cur: dict[str, int]) -> dict[str, float] | None:
+def cpu_usage(prev: CpuTimes, cur: CpuTimes) -> dict[str, float] | None:
     """Percentages over the period between two samples of one CPU; None when a counter went
     backwards (guest rebooted) or no time passed."""
-    delta = {f: cur[f] - prev[f] for f in FIELDS}
-    if min(delta.values()) < 0:
+    delta = [c - p for c, p in zip(cur, prev, strict=True)]
+    if min(delta) < 0:
         return None
-    total = sum(_total_fields(delta))
+    d = CpuTimes._make(delta)
+    total = d.user + d.system + d.nice + d.iowait + d.irq + d.softirq + d.steal + d.idle
     if total <= 0:
         return None
     scale = 100.0 / total
-    out = {METRIC[f]: v * scale for f, v in delta.items()}
+    out = {name: v * scale for name, v in zip(METRICS, delta, strict=True)}
     out["cpu_usage_active"] = max(0.0, 100.0 - out["cpu_usage_idle"] - out["cpu_usage_iowait"])
     return out
 
 
-_total_fields = itemgetter(*TOTAL_FIELDS)
-_fields = itemgetter(*FIELDS)
-
-
-def total_of(cpus: dict[int, dict[str, int]]) -> dict[str, int]:
+def total_of(cpus: dict[int, CpuTimes]) -> CpuTimes:
     """The fields summed over every CPU (the cpu-total line /proc/stat has and qemu-ga omits)."""
     if not cpus:
-        return dict.fromkeys(FIELDS, 0)
-    columns = zip(*map(_fields, cpus.values()), strict=True)
-    return dict(zip(FIELDS, map(sum, columns), strict=True))
+        return CpuTimes(0, 0, 0, 0, 0, 0, 0, 0)
+    return CpuTimes._make(map(sum, zip(*cpus.values(), strict=True)))
 
 
 class GuestCpu(Collector[CpuSample]):
@@ -88,13 +91,12 @@ class GuestCpu(Collector[CpuSample]):
     plugin = "cpu"
     qga_command = "guest-get-cpustats"
 
-    async def sample(self, ctx: VmContext) -> CpuSample:
-        assert ctx.qga is not None
-        reply = await ctx.qga_call("guest-get-cpustats")
-        return CpuSample(parse_cpustats(reply, ctx.config.limits.max_cpus, ctx.rejected))
+    def sample(self, vm: VmView, prev: CpuSample | None) -> CpuSample:
+        reply = vm.qga_reply("guest-get-cpustats")
+        return CpuSample(parse_cpustats(reply, vm.config.limits.max_cpus, vm.rejected))
 
-    def emit(self, prev: CpuSample | None, cur: CpuSample, ctx: VmContext, out: Emitter) -> None:
-        plugin = ctx.config.cpu
+    def emit(self, prev: CpuSample | None, cur: CpuSample, vm: VmView, out: Emitter) -> None:
+        plugin = vm.config.cpu
         assert plugin is not None
         if prev is None:
             return
@@ -108,5 +110,5 @@ class GuestCpu(Collector[CpuSample]):
         for label, usage in series:
             if usage is None:
                 continue
-            dims = {"InstanceId": ctx.spec.instance_id, "cpu": label}
+            dims = {"InstanceId": vm.spec.instance_id, "cpu": label}
             out.emit_all({n: v for n, v in usage.items() if n in plugin.metrics}, dims)

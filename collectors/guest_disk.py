@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from hiveagent.collector import Collector, Emitter, VmContext, clean_dimension
+from hiveagent.collector import Collector, Emitter, VmView, bounded_entries, clean_dimension
 
 _MAX_BYTES = 1 << 63
 
@@ -54,15 +54,10 @@ def parse_fsinfo(
 ) -> list[FsRecord]:
     """Filesystems with usable numbers, at most `limit`, each mount point once. Every entry
     thrown away is counted in `rejected` by reason."""
-    if not isinstance(reply, list):
-        raise ValueError("guest-get-fsinfo: reply is not a list")
     rejected = Counter() if rejected is None else rejected
     out: list[FsRecord] = []
     seen: set[str] = set()
-    for n, entry in enumerate(reply):
-        if len(out) >= limit:
-            rejected["fsinfo.over_limit"] += len(reply) - n
-            break
+    for entry in bounded_entries(reply, "fsinfo", limit, rejected, out):
         if not isinstance(entry, dict):
             rejected["fsinfo.not_an_object"] += 1
             continue
@@ -112,22 +107,21 @@ class GuestDisk(Collector[list[FsRecord]]):
     plugin = "disk"
     qga_command = "guest-get-fsinfo"
 
-    async def sample(self, ctx: VmContext) -> list[FsRecord]:
-        assert ctx.qga is not None
-        reply = await ctx.qga_call("guest-get-fsinfo")
-        return parse_fsinfo(reply, ctx.config.limits.max_filesystems, ctx.rejected)
+    def sample(self, vm: VmView, prev: list[FsRecord] | None) -> list[FsRecord]:
+        reply = vm.qga_reply("guest-get-fsinfo")
+        return parse_fsinfo(reply, vm.config.limits.max_filesystems, vm.rejected)
 
     def emit(
-        self, prev: list[FsRecord] | None, cur: list[FsRecord], ctx: VmContext, out: Emitter
+        self, prev: list[FsRecord] | None, cur: list[FsRecord], vm: VmView, out: Emitter
     ) -> None:
-        plugin = ctx.config.disk
+        plugin = vm.config.disk
         assert plugin is not None
         for fs in cur:
             if fs.fstype in plugin.ignore_file_system_types or not plugin.wants_mount(
                 fs.mountpoint
             ):
                 continue
-            dims = {"InstanceId": ctx.spec.instance_id, "path": fs.mountpoint, "fstype": fs.fstype}
+            dims = {"InstanceId": vm.spec.instance_id, "path": fs.mountpoint, "fstype": fs.fstype}
             if not plugin.drop_device:
                 dims["device"] = fs.device
             if fs.volume_id:

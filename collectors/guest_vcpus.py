@@ -8,25 +8,21 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from hiveagent.collector import Collector, Emitter, VmContext
+from hiveagent.collector import Collector, Emitter, VmView, bounded_entries
 
 
 def parse_vcpus(reply: Any, limit: int = 256, rejected: Counter[str] | None = None) -> int:
     """The number of vCPUs the guest reports online (each entry checked)."""
-    if not isinstance(reply, list):
-        raise ValueError("guest-get-vcpus: reply is not a list")
     rejected = Counter() if rejected is None else rejected
     online = 0
-    seen = set()
-    for entry in reply[:limit]:
+    seen: set[int] = set()
+    for entry in bounded_entries(reply, "vcpus", limit, rejected, seen):
         lid = entry.get("logical-id") if isinstance(entry, dict) else None
         if lid.__class__ is not int or lid in seen or not isinstance(entry.get("online"), bool):
             rejected["vcpus.bad_entry"] += 1
             continue
         seen.add(lid)
         online += entry["online"]
-    if len(reply) > limit:
-        rejected["vcpus.over_limit"] += len(reply) - limit
     return online
 
 
@@ -39,10 +35,9 @@ class GuestVcpus(Collector[int]):
     def enabled(self, config: Any) -> bool:
         return super().enabled(config) and bool(config.ec2_enabled)
 
-    async def sample(self, ctx: VmContext) -> int:
-        assert ctx.qga is not None
-        reply = await ctx.qga_call("guest-get-vcpus")
-        return parse_vcpus(reply, ctx.config.limits.max_cpus, ctx.rejected)
+    def sample(self, vm: VmView, prev: int | None) -> int:
+        reply = vm.qga_reply("guest-get-vcpus")
+        return parse_vcpus(reply, vm.config.limits.max_cpus, vm.rejected)
 
-    def emit(self, prev: int | None, cur: int, ctx: VmContext, out: Emitter) -> None:
-        out.emit("GuestVCPUsOnline", cur, {"InstanceId": ctx.spec.instance_id})
+    def emit(self, prev: int | None, cur: int, vm: VmView, out: Emitter) -> None:
+        out.emit("GuestVCPUsOnline", cur, {"InstanceId": vm.spec.instance_id})

@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from hiveagent.collector import Collector, Emitter, VmContext, read_file
+from hiveagent.collector import Collector, Emitter, VmView, read_file
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -59,16 +59,18 @@ class ProcessCpu(Collector[ProcCpuSample]):
             getattr(config, "cpu_source", "process") == "process"
         )
 
-    async def sample(self, ctx: VmContext) -> ProcCpuSample:
-        assert ctx.pid is not None
-        data = read_proc_stat(ctx.config.proc_root, ctx.pid)
-        return ProcCpuSample(ctx.pid, parse_proc_stat(data), time.monotonic())
+    def sample(self, vm: VmView, prev: ProcCpuSample | None) -> ProcCpuSample:
+        pid = vm.facts.pid
+        assert pid is not None
+        data = read_proc_stat(vm.config.proc_root, pid)
+        return ProcCpuSample(pid, parse_proc_stat(data), time.monotonic())
 
     def emit(
-        self, prev: ProcCpuSample | None, cur: ProcCpuSample, ctx: VmContext, out: Emitter
+        self, prev: ProcCpuSample | None, cur: ProcCpuSample, vm: VmView, out: Emitter
     ) -> None:
-        if prev is None or not ctx.vcpus:
+        vcpus = vm.facts.vcpus
+        if prev is None or not vcpus:
             return
-        value = cpu_utilization(prev, cur, ctx.vcpus)
+        value = cpu_utilization(prev, cur, vcpus)
         if value is not None:
-            out.emit("CPUUtilization", value, {"InstanceId": ctx.spec.instance_id})
+            out.emit("CPUUtilization", value, {"InstanceId": vm.spec.instance_id})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hiveagent.collector import Collector, Emitter, VmContext
+from hiveagent.collector import Collector, Emitter, VmView
 
 SYSTEM_FAILED_STATES = frozenset({"internal-error", "io-error"})
 INSTANCE_FAILED_STATES = frozenset({"guest-panicked"})
@@ -40,21 +40,20 @@ class Status(Collector[StatusSample]):
     def enabled(self, config: object) -> bool:
         return bool(getattr(config, "ec2_enabled", True))
 
-    async def sample(self, ctx: VmContext) -> StatusSample:
+    def sample(self, vm: VmView, prev: StatusSample | None) -> StatusSample:
+        facts = vm.facts
         return StatusSample(
-            qmp_ok=ctx.qmp_error is None,
-            run_status=ctx.run_status,
-            qga_expected=ctx.qga_expected,
-            qga_ok=ctx.qga is not None,
+            qmp_ok=facts.qmp_error is None,
+            run_status=facts.run_status,
+            qga_expected=facts.qga_expected,
+            qga_ok=facts.qga_connected,
         )
 
-    def emit(
-        self, prev: StatusSample | None, cur: StatusSample, ctx: VmContext, out: Emitter
-    ) -> None:
+    def emit(self, prev: StatusSample | None, cur: StatusSample, vm: VmView, out: Emitter) -> None:
         system, instance = status_checks(cur)
         checks = {
             "StatusCheckFailed_System": system,
             "StatusCheckFailed_Instance": instance,
             "StatusCheckFailed": max(system, instance),
         }
-        out.emit_all(checks, {"InstanceId": ctx.spec.instance_id})
+        out.emit_all(checks, {"InstanceId": vm.spec.instance_id})

@@ -11,29 +11,40 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from hiveagent.collector import Collector, Emitter, VmContext, read_file
+from hiveagent.collector import Collector, Emitter, VmView, read_file
 from hiveagent.counters import counter_deltas
 
 TAP_RESCAN_CYCLES = 10
-_FIELDS = ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets")
+
+
+class TapCounters(NamedTuple):
+    """Cumulative, per host interface, in the host's direction."""
+
+    rx_bytes: int
+    rx_packets: int
+    tx_bytes: int
+    tx_packets: int
 
 
 @dataclass(frozen=True)
 class TapSample:
     pid: int
     mono_s: float
-    taps: dict[str, dict[str, int]]  # tap name -> counters (rx_bytes, rx_packets, ...)
+    taps: dict[str, TapCounters]  # tap name -> counters
+    found: tuple[str, ...] = ()  # the taps found in fdinfo (no sidecar list)
+    found_age: int = 0  # samples since they were looked up
 
 
 def read_net_dev(proc_root: str, pid: int) -> bytes:
     return read_file(f"{proc_root}/{pid}/net/dev", 1 << 20)
 
 
-def parse_net_dev(data: bytes) -> dict[str, dict[str, int]]:
+def parse_net_dev(data: bytes) -> dict[str, TapCounters]:
     """/proc/net/dev: two header lines, then `name: rx_bytes rx_packets errs drop fifo frame
     compressed multicast tx_bytes tx_packets ...`."""
-    out: dict[str, dict[str, int]] = {}
+    out: dict[str, TapCounters] = {}
     for line in data.decode("ascii", "replace").splitlines()[2:]:
         name, sep, rest = line.partition(":")
         if not sep:
@@ -41,12 +52,7 @@ def parse_net_dev(data: bytes) -> dict[str, dict[str, int]]:
         cols = rest.split()
         if len(cols) < 10:
             continue
-        out[name.strip()] = {
-            "rx_bytes": int(cols[0]),
-            "rx_packets": int(cols[1]),
-            "tx_bytes": int(cols[8]),
-            "tx_packets": int(cols[9]),
-        }
+        out[name.strip()] = TapCounters(int(cols[0]), int(cols[1]), int(cols[8]), int(cols[9]))
     return out
 
 
@@ -79,10 +85,10 @@ def network_totals(prev: TapSample, cur: TapSample) -> dict[str, int] | None:
     if not deltas:
         return None
     return {
-        "NetworkIn": sum(d["tx_bytes"] for d in deltas.values()),
-        "NetworkOut": sum(d["rx_bytes"] for d in deltas.values()),
-        "NetworkPacketsIn": sum(d["tx_packets"] for d in deltas.values()),
-        "NetworkPacketsOut": sum(d["rx_packets"] for d in deltas.values()),
+        "NetworkIn": sum(d.tx_bytes for d in deltas.values()),
+        "NetworkOut": sum(d.rx_bytes for d in deltas.values()),
+        "NetworkPacketsIn": sum(d.tx_packets for d in deltas.values()),
+        "NetworkPacketsOut": sum(d.rx_packets for d in deltas.values()),
     }
 
 
@@ -92,25 +98,28 @@ class TapNet(Collector[TapSample]):
     def enabled(self, config: object) -> bool:
         return bool(getattr(config, "ec2_enabled", True))
 
-    async def sample(self, ctx: VmContext) -> TapSample:
-        assert ctx.pid is not None
-        taps = ctx.spec.taps
-        if taps is None:
-            cached = ctx.cache.get("taps")
-            if cached is None or cached[0] >= TAP_RESCAN_CYCLES:
-                cached = [0, tuple(read_tun_ifaces(ctx.config.proc_root, ctx.pid))]
-            cached[0] += 1
-            ctx.cache["taps"] = cached
-            taps = cached[1]
-        if len(taps) > ctx.config.limits.max_interfaces:
-            ctx.rejected["tap_net.over_limit"] += len(taps) - ctx.config.limits.max_interfaces
-            taps = taps[: ctx.config.limits.max_interfaces]
-        counters = parse_net_dev(read_net_dev(ctx.config.proc_root, ctx.pid)) if taps else {}
-        return TapSample(ctx.pid, time.monotonic(), {t: counters[t] for t in taps if t in counters})
+    def sample(self, vm: VmView, prev: TapSample | None) -> TapSample:
+        pid = vm.facts.pid
+        assert pid is not None
+        root, limit = vm.config.proc_root, vm.config.limits.max_interfaces
+        taps = found = vm.spec.taps
+        age = 0
+        if taps is None:  # the tun devices QEMU holds open, looked up every few samples
+            if prev is None or prev.found_age >= TAP_RESCAN_CYCLES:
+                found = tuple(read_tun_ifaces(root, pid))
+            else:
+                found, age = prev.found, prev.found_age
+            taps, age = found, age + 1
+        if len(taps) > limit:
+            vm.rejected["tap_net.over_limit"] += len(taps) - limit
+            taps = taps[:limit]
+        counters = parse_net_dev(read_net_dev(root, pid)) if taps else {}
+        sampled = {t: counters[t] for t in taps if t in counters}
+        return TapSample(pid, time.monotonic(), sampled, found or (), age)
 
-    def emit(self, prev: TapSample | None, cur: TapSample, ctx: VmContext, out: Emitter) -> None:
+    def emit(self, prev: TapSample | None, cur: TapSample, vm: VmView, out: Emitter) -> None:
         if prev is None:
             return
         totals = network_totals(prev, cur)
         if totals:
-            out.emit_all(totals, {"InstanceId": ctx.spec.instance_id})
+            out.emit_all(totals, {"InstanceId": vm.spec.instance_id})

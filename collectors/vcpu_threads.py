@@ -1,6 +1,7 @@
 """The VM's vCPU threads, from the host: CPU time and steal.
 
-QMP `query-cpus-fast` names each vCPU's host thread (`thread-id`, read once per QEMU process);
+QMP `query-cpus-fast` names each vCPU's host thread (`thread-id`, read once per QEMU process by
+the VM session);
 `/proc/<pid>/task/<tid>/schedstat` gives, per thread, nanoseconds spent on a CPU and
 nanoseconds spent runnable but waiting for one (run_delay).
 
@@ -16,9 +17,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
-from hiveagent.collector import Collector, Emitter, VmContext, read_file
+from hiveagent.collector import Collector, Emitter, VmView, read_file
 
 
 @dataclass(frozen=True)
@@ -26,16 +26,6 @@ class VcpuSample:
     pid: int
     mono_s: float
     threads: dict[int, tuple[int, int]]  # tid -> (ns on CPU, ns waiting to run)
-
-
-def parse_vcpu_threads(reply: Any) -> tuple[int, ...]:
-    """Host thread ids of the vCPUs from query-cpus-fast (each checked: a positive int)."""
-    out = []
-    for cpu in reply if isinstance(reply, list) else []:
-        tid = cpu.get("thread-id") if isinstance(cpu, dict) else None
-        if tid.__class__ is int and 0 < tid < 1 << 31:
-            out.append(tid)
-    return tuple(out)
 
 
 def parse_schedstat(data: bytes) -> tuple[int, int]:
@@ -78,20 +68,22 @@ class VcpuThreads(Collector[VcpuSample]):
     def enabled(self, config: object) -> bool:
         return bool(getattr(config, "ec2_enabled", True))
 
-    async def sample(self, ctx: VmContext) -> VcpuSample:
-        assert ctx.pid is not None
+    def sample(self, vm: VmView, prev: VcpuSample | None) -> VcpuSample:
+        pid = vm.facts.pid
+        assert pid is not None
+        root = vm.config.proc_root
         threads = {}
-        for tid in ctx.cache.get("vcpu_threads", ()):
-            threads[tid] = parse_schedstat(read_schedstat(ctx.config.proc_root, ctx.pid, tid))
-        return VcpuSample(ctx.pid, time.monotonic(), threads)
+        for tid in vm.facts.vcpu_threads:
+            threads[tid] = parse_schedstat(read_schedstat(root, pid, tid))
+        return VcpuSample(pid, time.monotonic(), threads)
 
-    def emit(self, prev: VcpuSample | None, cur: VcpuSample, ctx: VmContext, out: Emitter) -> None:
+    def emit(self, prev: VcpuSample | None, cur: VcpuSample, vm: VmView, out: Emitter) -> None:
         if prev is None:
             return
         values = vcpu_values(prev, cur)
         if values is None:
             return
-        dims = {"InstanceId": ctx.spec.instance_id}
+        dims = {"InstanceId": vm.spec.instance_id}
         out.emit("CPUStealPercent", values["CPUStealPercent"], dims)
-        if ctx.config.cpu_source == "vcpu_threads":
+        if vm.config.cpu_source == "vcpu_threads":
             out.emit("CPUUtilization", values["CPUUtilization"], dims)

@@ -11,24 +11,20 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from collectors import REGISTRY
 from hiveagent import __version__
-from hiveagent.agent import Agent
 from hiveagent.catalog import markdown_tables
 from hiveagent.config import Config, ConfigError, load_config
 from hiveagent.daemon import Daemon, redact_url
 from hiveagent.model import Datum
+from hiveagent.pipeline import Pipeline
+from hiveagent.scheduler import Scheduler
 
 log = logging.getLogger("hiveagent")
 
 EXIT_CONFIG = 2
 # Guest agent commands the collectors use, shown by list-vms.
-METRIC_COMMANDS = (
-    "guest-get-fsinfo",
-    "guest-get-cpustats",
-    "guest-get-diskstats",
-    "guest-network-get-interfaces",
-    "guest-get-vcpus",
-)
+METRIC_COMMANDS = tuple(dict.fromkeys(c.qga_command for c in REGISTRY if c.qga_command))
 
 
 class JournalFormatter(logging.Formatter):
@@ -93,20 +89,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 async def _list_vms(config: Config, as_json: bool) -> int:
-    agent = Agent(config)
+    scheduler = Scheduler(config)
     try:
-        await agent.cycle()
+        await scheduler.collect()
         rows: list[dict[str, Any]] = []
-        for rt in agent.vms.values():
-            info = rt.guest_info
+        for state in scheduler.vms.values():
+            session = state.session
+            info = session.guest_info
             rows.append(
                 {
-                    "instance_id": rt.spec.instance_id,
-                    "qmp_socket": rt.spec.qmp_socket,
-                    "qmp": f"ok (pid {rt.pid}, {rt.run_status})"
-                    if rt.qmp.connected
-                    else f"down: {rt.last_error}",
-                    "qga": rt.qga_state,
+                    "instance_id": state.spec.instance_id,
+                    "qmp_socket": state.spec.qmp_socket,
+                    "qmp": f"ok (pid {session.pid}, {session.run_status})"
+                    if session.qmp.connected
+                    else f"down: {state.last_error}",
+                    "qga": session.qga_state,
                     "qga_commands": [
                         c for c in METRIC_COMMANDS if info and c in info.enabled_commands
                     ],
@@ -115,11 +112,11 @@ async def _list_vms(config: Config, as_json: bool) -> int:
                     "qga_missing": [
                         c for c in METRIC_COMMANDS if info and c not in info.enabled_commands
                     ],
-                    "vcpus": rt.vcpus,
+                    "vcpus": session.vcpus,
                 }
             )
     finally:
-        await agent.close()
+        await scheduler.close()
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -133,7 +130,7 @@ async def _list_vms(config: Config, as_json: bool) -> int:
             print(f"  guest agent metric commands: {', '.join(r['qga_commands'])}")
         if r["qga_missing"]:
             print(f"  not in this guest agent (metrics skipped): {', '.join(r['qga_missing'])}")
-    for p in agent.discovery_problems:
+    for p in scheduler.discovery_problems:
         print(f"problem: {p}")
     return 0
 
@@ -147,17 +144,17 @@ def format_table(datums: Sequence[Datum]) -> str:
 
 
 async def _collect_once(config: Config, fmt: str, gap_s: float) -> int:
-    agent = Agent(config)
+    scheduler, pipeline = Scheduler(config), Pipeline(config)
     try:
-        await agent.cycle()  # primes the counters
+        pipeline.finish(await scheduler.collect())  # primes the counters
         await asyncio.sleep(gap_s)
-        datums = await agent.cycle()
+        datums = pipeline.finish(await scheduler.collect())
     finally:
-        await agent.close()
+        await scheduler.close()
     log.info(
         "collect: %d datum(s); %s",
         len(datums),
-        ", ".join(f"{k}={v}" for k, v in sorted(agent.stats.items())),
+        ", ".join(f"{k}={v}" for k, v in sorted((scheduler.stats + pipeline.stats).items())),
     )
     if fmt == "json":
         print(json.dumps([d.as_json() for d in datums], indent=1))

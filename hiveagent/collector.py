@@ -1,9 +1,15 @@
-"""The collector framework: what a collector is, what it gets, and how it emits.
+"""The collector framework: what a collector is, what it reads, and how it emits.
 
-A collector (one module in `collectors/`, registered in `collectors/__init__.py`) has two parts:
-`sample()` does the only I/O (through `read_*`/QMP/QGA) and returns a typed record; `emit()` is
-pure: from the previous and current record it derives values and hands them to the Emitter. The
-framework (hiveagent.agent) owns connections, deadlines, error counting and the previous samples.
+A collector (one module in `collectors/`, registered in `collectors/__init__.py`) is a pure unit:
+- `qmp_wants` / `qga_wants` declare, once per cycle, the QMP and guest agent commands it reads;
+  the VM session asks them (all of a VM's in flight together) before any collector runs;
+- `sample` turns this cycle's replies (and /proc bytes, through its own `read_*`) into a typed
+  record; it cannot ask anything else (it is not async, and an undeclared reply raises
+  NotAsked);
+- `emit` is pure: from the previous and current record it derives values and hands them to the
+  Emitter.
+The scheduler (hiveagent.scheduler) owns timing, deadlines, error counting and the previous
+samples; the VM session (hiveagent.vm) owns the connections.
 """
 
 from __future__ import annotations
@@ -12,75 +18,46 @@ import math
 import os
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from hiveagent.catalog import CATALOG, Family
 from hiveagent.config import Config
-from hiveagent.discovery import VmSpec
-from hiveagent.model import Datum
-from hiveagent.qmp import QmpError, QmpSession
-from qga.client import QgaClient, QgaClosedError, QgaError
+from hiveagent.cycle import NotAsked, QmpCall, Replies, VmFacts, qmp_key
+from hiveagent.model import Datum, VmSpec
 
 S = TypeVar("S")
 
-# A QMP command with its arguments, hashable: (command, sorted argument items).
-QmpCall = tuple[str, tuple[tuple[str, Any], ...]]
-
-
-def qmp_key(command: str, arguments: Mapping[str, Any] | None = None) -> QmpCall:
-    return command, tuple(sorted((arguments or {}).items()))
-
 
 @dataclass
-class VmContext:
-    """Everything a collector may use for one VM in one cycle."""
+class VmView:
+    """What a collector may read for one VM in one cycle."""
 
     spec: VmSpec
     config: Config
-    qmp: QmpSession
-    pid: int | None  # QEMU's pid (SO_PEERCRED); None when QMP is down
-    qmp_error: str | None = None
-    run_status: str | None = None  # query-status `status`
-    qga: QgaClient | None = None  # READY client, or None
-    qga_commands: frozenset[str] = frozenset()
-    qga_expected: bool = False  # the guest agent answered before in this QEMU's life
-    qga_error: str | None = None
-    vcpus: int | None = None
-    collector_failed: bool = False
-    # Guest (or QEMU) input thrown away this cycle, by reason ("<collector>.<why>"): counted
-    # per VM and in the agent's stats by the framework.
+    facts: VmFacts
+    replies: Replies = field(default_factory=Replies)
+    # Guest (or QEMU) input thrown away this cycle, by reason ("<source>.<why>"): counted per
+    # VM and in the agent's stats by the scheduler.
     rejected: Counter[str] = field(default_factory=Counter)
-    qga_replies: dict[str, Any] = field(default_factory=dict)  # this cycle's, by command
-    qmp_replies: dict[QmpCall, Any] = field(default_factory=dict)  # this cycle's, asked ahead
 
-    async def qmp_call(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        """A QMP command's reply: the one the agent asked ahead this cycle (with the cycle's
-        other QMP commands, all in flight together) if it did, else asked now. A stored
-        QmpError is raised."""
-        reply = self.qmp_replies.get(qmp_key(command, arguments), _NOT_ASKED)
-        if reply is _NOT_ASKED:
-            return await self.qmp.execute(command, arguments)
-        if isinstance(reply, QmpError):
-            raise reply
-        return reply
+    def qmp_reply(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
+        """A QMP command's reply this cycle; the QmpError it failed with is raised."""
+        return _reply(self.replies.qmp, qmp_key(command, arguments), command)
 
-    async def qga_call(self, command: str) -> Any:
-        """A guest agent command's reply, asked at most once per VM and cycle (two collectors
-        may need the same reply: guest_diskio and blockstats' idle-time estimate). The agent
-        asks this cycle's commands up front, pipelined; a QgaError stored for a command is
-        raised here, to the collector that needs it."""
-        if command not in self.qga_replies:
-            if self.qga is None:
-                raise QgaClosedError(f"{command}: no guest agent connection")
-            self.qga_replies[command] = await self.qga.execute(command)
-        reply = self.qga_replies[command]
-        if isinstance(reply, QgaError):
-            raise reply
-        return reply
+    def qga_reply(self, command: str) -> Any:
+        """A guest agent command's reply this cycle; the QgaError it failed with is raised."""
+        return _reply(self.replies.qga, command, command)
 
-    cache: dict[str, Any] = field(default_factory=dict)  # per-VM, lives as long as the pid
+
+def _reply(replies: Mapping[Any, Any], key: Any, command: str) -> Any:
+    reply = replies.get(key, _NOT_ASKED)
+    if reply is _NOT_ASKED:
+        raise NotAsked(f"{command}: read but not among the collector's wants")
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
 
 
 _NOT_ASKED = object()
@@ -101,6 +78,21 @@ def read_file(path: str, limit: int) -> bytes:
         os.close(fd)
 
 
+def bounded_entries(
+    reply: Any, source: str, limit: int, rejected: Counter[str], kept: Sized
+) -> Iterator[Any]:
+    """The entries of a list reply from the guest (or QEMU), until `kept` holds `limit` of
+    them; the rest is counted as `<source>.over_limit`. Not a list: ValueError. Every
+    rejection key of a source is `<source>.<why>` (see `reject`)."""
+    if not isinstance(reply, list):
+        raise ValueError(f"{source}: reply is not a list")
+    for n, entry in enumerate(reply):
+        if len(kept) >= limit:
+            rejected[f"{source}.over_limit"] += len(reply) - n
+            return
+        yield entry
+
+
 def clean_dimension(value: Any) -> str | None:
     """A guest-supplied string fit to be a dimension value: printable characters only (no
     control characters, no lone surrogates), 1..1024 of them; None when nothing is left."""
@@ -119,20 +111,42 @@ def guest_counter(value: Any) -> int | None:
     return int(value)
 
 
-class Emitter:
-    """Builds Datums for one VM, checking each against the catalog."""
+def namespaces(config: Config) -> dict[str, str]:
+    """Family value -> its configured namespace (a str hashes in C; an Enum member does not)."""
+    return {
+        Family.EC2.value: config.ec2_namespace,
+        Family.EBS.value: config.ebs_namespace,
+        Family.GUEST.value: config.guest_namespace,
+        Family.SELF.value: config.self_metrics.namespace,
+    }
 
-    def __init__(self, config: Config, timestamp: float, interval_s: int | None = None) -> None:
-        self.namespaces = {  # by Family value (a str hashes in C; an Enum member does not)
-            Family.EC2.value: config.ec2_namespace,
-            Family.EBS.value: config.ebs_namespace,
-            Family.GUEST.value: config.guest_namespace,
-            Family.SELF.value: config.self_metrics.namespace,
-        }
+
+def resolution_of(interval_s: int) -> int:
+    """StorageResolution of datums sampled every `interval_s` seconds."""
+    return 1 if interval_s < 60 else 60
+
+
+class Emitter:
+    """Builds Datums, all with one timestamp and StorageResolution, checking each against the
+    catalog; appends them to `datums`."""
+
+    def __init__(
+        self,
+        namespaces: Mapping[str, str],
+        timestamp: float,
+        resolution: int,
+        datums: list[Datum] | None = None,
+    ) -> None:
+        self.namespaces = namespaces
         self.timestamp = timestamp
-        self.resolution = 1 if (interval_s or config.interval_s) < 60 else 60
-        self.datums: list[Datum] = []
+        self.resolution = resolution
+        self.datums: list[Datum] = [] if datums is None else datums
         self.rejected: list[str] = []  # reasons for values that could not be emitted
+
+    @classmethod
+    def for_config(cls, config: Config, timestamp: float, interval_s: int | None = None) -> Emitter:
+        """An Emitter for datums sampled every `interval_s` (default: the agent's interval)."""
+        return cls(namespaces(config), timestamp, resolution_of(interval_s or config.interval_s))
 
     def emit(self, name: str, value: float, dims: Mapping[str, str]) -> None:
         """One datum; `dims` must carry the catalog's dimension names for `name`."""
@@ -191,14 +205,13 @@ class Collector(ABC, Generic[S]):
     def enabled(self, config: Config) -> bool:
         return self.plugin is None or getattr(config, self.plugin) is not None
 
-    def qmp_wants(self, ctx: VmContext) -> tuple[tuple[str, dict[str, Any] | None], ...]:
-        """The QMP commands (with arguments) `sample` will call through ctx.qmp_call this
-        cycle, asked ahead together with the cycle's other QMP commands."""
+    def qmp_wants(self, vm: VmView, prev: S | None) -> tuple[QmpCall, ...]:
+        """The QMP commands (qmp_key(command, arguments)) `sample` reads this cycle."""
         return ()
 
-    def qga_wants(self, ctx: VmContext) -> tuple[str, ...]:
-        """The guest agent commands `sample` will call this cycle (asked up front, pipelined,
-        when the guest agent has them enabled)."""
+    def qga_wants(self, vm: VmView, prev: S | None) -> tuple[str, ...]:
+        """The guest agent commands `sample` reads this cycle (asked when the guest agent has
+        them enabled)."""
         return (self.qga_command,) if self.qga_command else ()
 
     def interval_s(self, config: Config) -> int | None:
@@ -207,9 +220,11 @@ class Collector(ABC, Generic[S]):
         return section.interval_s if section is not None else None
 
     @abstractmethod
-    async def sample(self, ctx: VmContext) -> S:
-        """Do the I/O; return a typed record (monotonic time included where deltas need it)."""
+    def sample(self, vm: VmView, prev: S | None) -> S:
+        """This cycle's typed record, from the replies asked for it and /proc (monotonic time
+        included where deltas need it). `prev` is the last record (None: the first, or QEMU
+        restarted), for what a record carries over (a device list rescanned every N cycles)."""
 
     @abstractmethod
-    def emit(self, prev: S | None, cur: S, ctx: VmContext, out: Emitter) -> None:
+    def emit(self, prev: S | None, cur: S, vm: VmView, out: Emitter) -> None:
         """Pure: derive values from two samples and emit them."""

@@ -2,7 +2,8 @@
 
 One rule set for every collector: the first sample of a key only primes; a key that vanished
 emits nothing; a counter that goes backwards (QEMU restarted, device re-plugged, counter wrapped)
-is a reset, and its period is skipped (re-primed) rather than reported as a spike.
+is a reset, and its period is skipped (re-primed) rather than reported as a spike. Counters are
+typed records (named tuples of ints), so a misspelt field fails where it is written.
 """
 
 from __future__ import annotations
@@ -13,6 +14,16 @@ from typing import TypeVar
 K = TypeVar("K")
 
 
+# A named tuple of cumulative counters (ints).
+CounterRecord = tuple[int, ...]
+C = TypeVar("C", bound=CounterRecord)
+
+
+def _same_record(record: C, values: list[int]) -> C:
+    """A record of `record`'s named tuple type holding `values`."""
+    return record._make(values)  # type: ignore[attr-defined, no-any-return]
+
+
 def counter_delta(prev: int | None, cur: int) -> int | None:
     """cur - prev, or None for the first sample or a reset (cur < prev)."""
     if prev is None or cur < prev:
@@ -20,28 +31,21 @@ def counter_delta(prev: int | None, cur: int) -> int | None:
     return cur - prev
 
 
-def counter_deltas(
-    prev: Mapping[K, Mapping[str, int]] | None,
-    cur: Mapping[K, Mapping[str, int]],
-) -> dict[K, dict[str, int]]:
-    """Per key (device, interface, ...) the deltas of all its counters.
+def counter_deltas(prev: Mapping[K, C] | None, cur: Mapping[K, C]) -> dict[K, C]:
+    """Per key (device, interface, ...) the deltas of all its counters, as the same record.
 
     A key is left out when it is new (priming), or when ANY of its counters went backwards:
     counters of one device reset together, and half a reset device is worse than none.
     """
     if prev is None:
         return {}
-    out: dict[K, dict[str, int]] = {}
+    out: dict[K, C] = {}
     for key, counters in cur.items():
         before = prev.get(key)
         if before is None:
             continue
-        deltas = {}
-        for name, value in counters.items():
-            d = counter_delta(before.get(name), value)
-            if d is None:
-                break
-            deltas[name] = d
-        else:
-            out[key] = deltas
+        deltas = [now - then for now, then in zip(counters, before, strict=True)]
+        if deltas and min(deltas) < 0:
+            continue
+        out[key] = _same_record(counters, deltas)
     return out

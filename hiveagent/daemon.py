@@ -24,13 +24,16 @@ from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from hiveagent import __version__
-from hiveagent.agent import Agent, settle_memory
 from hiveagent.config import Config, ConfigError, load_config
-from hiveagent.observe import SelfMetrics, observe, prometheus_text
-from hiveagent.publisher import MAX_DATUMS_PER_REQUEST, Publisher, make_client
+from hiveagent.ledger import DropLedger
+from hiveagent.observe import Observation, SelfMetrics, observe, prometheus_text
+from hiveagent.pipeline import Pipeline
+from hiveagent.publisher import Publisher
+from hiveagent.scheduler import Scheduler, settle_memory
 from hiveagent.spool import Spool
 from hiveagent.status_server import StatusServer
 from hiveagent.systemd import Notifier
+from hiveagent.wire import MAX_DATUMS_PER_REQUEST, make_client
 
 log = logging.getLogger("hiveagent")
 
@@ -62,11 +65,14 @@ class Daemon:
         self.reloads = 0
         self.max_cycles = max_cycles
         self.started = time.time()
+        self.ledger = DropLedger()  # every datum given up, by the spool or the publisher
         self.spool = Spool(
             config.spool.directory,
             max_bytes=config.spool.max_bytes,
             fsync=config.spool.fsync,
             memory_max_datums=config.spool.memory_max_datums,
+            ledger=self.ledger,
+            audit=audit,
         )
         self.publisher = Publisher(
             make_client(
@@ -77,10 +83,11 @@ class Daemon:
             ),
             self.spool,
             config.publish,
-            audit=audit,
+            ledger=self.ledger,
         )
         self.publisher.datum_shape = config.datum_shape
-        self.agent = Agent(config)
+        self.scheduler = Scheduler(config)
+        self.pipeline = Pipeline(config)
         self.self_metrics = SelfMetrics(config)
         self.stop = asyncio.Event()
         self.flush_wanted = asyncio.Event()
@@ -102,15 +109,15 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         vms = {
             instance_id: {
-                "qmp_socket": rt.spec.qmp_socket,
-                "pid": rt.pid,
-                "qmp": "connected" if rt.qmp.connected else "down",
-                "run_status": rt.run_status,
-                "guest_agent": rt.qga_state,
-                "last_error": rt.last_error,
-                "errors": dict(rt.errors),
+                "qmp_socket": state.spec.qmp_socket,
+                "pid": state.session.pid,
+                "qmp": "connected" if state.session.qmp.connected else "down",
+                "run_status": state.session.run_status,
+                "guest_agent": state.session.qga_state,
+                "last_error": state.last_error,
+                "errors": dict(state.errors),
             }
-            for instance_id, rt in sorted(self.agent.vms.items())
+            for instance_id, state in sorted(self.scheduler.vms.items())
         }
         return {
             "version": __version__,
@@ -118,16 +125,19 @@ class Daemon:
             "cycles": self.cycles,
             "reloads": self.reloads,
             "config": self.config.source,
-            "last_cycle_seconds": round(self.agent.last_cycle_s, 6),
+            "last_cycle_seconds": round(self.scheduler.last_cycle_s, 6),
             "vms": vms,
-            "discovery_problems": self.agent.discovery_problems,
-            "agent": dict(self.agent.stats),
+            "discovery_problems": self.scheduler.discovery_problems,
+            "agent": dict(self.scheduler.stats + self.pipeline.stats),
             "publisher": self.publisher.status(),
             "spool": self.spool.status(),
         }
 
     def metrics(self) -> str:
-        return prometheus_text(observe(self.agent, self.publisher))
+        return prometheus_text(self._observe())
+
+    def _observe(self) -> list[Observation]:
+        return observe(self.scheduler, self.pipeline, self.publisher)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -204,7 +214,8 @@ class Daemon:
         self.publisher.datum_shape = new.datum_shape
         self.publisher.breaker.failures = new.publish.breaker_failures
         self.publisher.breaker.open_s = new.publish.breaker_open_s
-        self.agent.reconfigure(new)
+        self.scheduler.reconfigure(new)
+        self.pipeline.reconfigure(new)
         self.self_metrics.config = new
         self.config = new
         if new.status_server != old.status_server:
@@ -230,7 +241,7 @@ class Daemon:
         next_tick = time.monotonic()
         last_self = time.monotonic()
         while not self.stop.is_set():
-            datums = await self.agent.cycle()
+            datums = self.pipeline.finish(await self.scheduler.collect())
             self.cycles += 1
             self.last_cycle_end = time.monotonic()
             if self.cycles == 2:
@@ -241,21 +252,21 @@ class Daemon:
                 and now - last_self >= self.config.self_metrics.interval_s
             ):
                 last_self = now
-                datums += self.self_metrics.datums(observe(self.agent, self.publisher), time.time())
-            self.publisher.add(datums)
+                datums += self.self_metrics.datums(self._observe(), time.time())
+            self.spool.add(datums)
             if self.spool.pending_datums >= MAX_DATUMS_PER_REQUEST:
                 self.flush_wanted.set()
             self.notifier.notify(
-                f"STATUS={len(self.agent.vms)} VMs, cycle {self.agent.last_cycle_s:.2f} s, "
+                f"STATUS={len(self.scheduler.vms)} VMs, cycle {self.scheduler.last_cycle_s:.2f} s, "
                 f"{self.spool.pending_datums} datums waiting, endpoint "
                 f"{self.publisher.breaker.state.value}"
             )
             log.debug(
                 "cycle %d: %d VMs, %d datums, %.3f s",
                 self.cycles,
-                len(self.agent.vms),
+                len(self.scheduler.vms),
                 len(datums),
-                self.agent.last_cycle_s,
+                self.scheduler.last_cycle_s,
             )
             if self.max_cycles is not None and self.cycles >= self.max_cycles:
                 break
@@ -279,9 +290,9 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         deadline = time.monotonic() + self.config.publish.shutdown_flush_s
-        partial = self.agent.drain_windows()  # basic monitoring: the open 5-minute windows
+        partial = self.pipeline.drain()  # basic monitoring: the open 5-minute windows
         if partial:
-            self.publisher.add(partial)
+            self.spool.add(partial)
         try:
             if self.spool.pending and self.publisher.breaker.allow():
                 await asyncio.wait_for(
@@ -291,7 +302,7 @@ class Daemon:
             pass
         finally:
             self.spool.close()
-            await self.agent.close()
+            await self.scheduler.close()
             if self.status_server is not None:
                 await self.status_server.stop()
         stats = self.publisher.stats

@@ -13,10 +13,10 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from hiveagent.config import Config
+from hiveagent.model import VmSpec
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +28,6 @@ MAX_SIDECAR_BYTES = 65536
 
 class SidecarError(ValueError):
     pass
-
-
-@dataclass(frozen=True)
-class VmSpec:
-    """What discovery knows about one VM before talking to it."""
-
-    instance_id: str
-    qmp_socket: str
-    qga_socket: str | None  # None: find it through QMP
-    vcpus: int | None  # None: count query-cpus-fast
-    taps: tuple[str, ...] | None  # None: find them in /proc/<pid>/fdinfo
-    period_s: int | None
-    account_id: str | None
-    origin: str  # where this VM was found (sidecar path or glob)
-    image_id: str | None = None  # for ${aws:ImageId}
-    instance_type: str | None = None  # for ${aws:InstanceType}
-    autoscaling_group: str | None = None  # for ${aws:AutoScalingGroupName}
 
 
 def _field(obj: dict[str, Any], key: str, kind: type, where: str, required: bool = False) -> Any:

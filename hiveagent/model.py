@@ -1,7 +1,10 @@
-"""The metric datum: what collectors produce and the publisher sends."""
+"""Data every stage shares: the VM as discovery found it (VmSpec) and the metric datum
+(what collectors make, the pipeline finishes, the spool keeps and the publisher sends)."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 Dimensions = tuple[tuple[str, str], ...]
@@ -45,3 +48,30 @@ class Datum(NamedTuple):
 def make_dimensions(**pairs: str) -> Dimensions:
     """Dimensions from keyword pairs, sorted by name."""
     return tuple(sorted(pairs.items()))
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """What discovery knows about one VM before talking to it."""
+
+    instance_id: str
+    qmp_socket: str
+    qga_socket: str | None  # None: find it through QMP
+    vcpus: int | None  # None: count query-cpus-fast
+    taps: tuple[str, ...] | None  # None: find them in /proc/<pid>/fdinfo
+    period_s: int | None
+    account_id: str | None
+    origin: str  # where this VM was found (sidecar path or glob)
+    image_id: str | None = None  # for ${aws:ImageId}
+    instance_type: str | None = None  # for ${aws:InstanceType}
+    autoscaling_group: str | None = None  # for ${aws:AutoScalingGroupName}
+
+
+_VOL_RE = re.compile(r"vol-[0-9a-f]{8,17}")
+
+
+def volume_id(device: str, instance_id: str) -> str:
+    """The VolumeId of a VM's block device: the `vol-...` id inside its name (Spinifex:
+    `vdisk-vol-...`), else `<instance-id>:<device>`."""
+    m = _VOL_RE.search(device)
+    return m.group(0) if m else f"{instance_id}:{device}"

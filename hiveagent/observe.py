@@ -15,8 +15,9 @@ from hiveagent.config import Config
 from hiveagent.model import Datum
 
 if TYPE_CHECKING:
-    from hiveagent.agent import Agent
+    from hiveagent.pipeline import Pipeline
     from hiveagent.publisher import Publisher
+    from hiveagent.scheduler import Scheduler
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -29,7 +30,9 @@ class Observation:
     labels: Labels = ()
 
 
-def observe(agent: Agent, publisher: Publisher, now: float | None = None) -> list[Observation]:
+def observe(
+    scheduler: Scheduler, pipeline: Pipeline, publisher: Publisher, now: float | None = None
+) -> list[Observation]:
     now = time.time() if now is None else now
     pstats = publisher.stats
     spool = publisher.spool
@@ -42,7 +45,7 @@ def observe(agent: Agent, publisher: Publisher, now: float | None = None) -> lis
         return Observation(name, float(value), "gauge")
 
     out = [
-        counter("DatumsCollected", agent.stats["datums_collected"]),
+        counter("DatumsCollected", pipeline.stats["datums_collected"]),
         counter("DatumsSent", pstats["datums_sent"]),
         *(
             counter("DatumsDropped", v, (("Reason", k.removeprefix("dropped.")),))
@@ -55,13 +58,13 @@ def observe(agent: Agent, publisher: Publisher, now: float | None = None) -> lis
         gauge("SpoolBytes", spool.total_bytes),
         gauge("SpoolPendingDatums", spool.pending_datums),
         gauge("SpoolOldestAge", max(0.0, now - oldest) if oldest is not None else 0.0),
-        gauge("CycleDuration", agent.last_cycle_s),
-        gauge("VmsSeen", len(agent.vms)),
+        gauge("CycleDuration", scheduler.last_cycle_s),
+        gauge("VmsSeen", len(scheduler.vms)),
     ]
-    for instance_id, rt in sorted(agent.vms.items()):
+    for instance_id, state in sorted(scheduler.vms.items()):
         labels = (("InstanceId", instance_id),)
-        out.append(counter("QmpTimeouts", rt.errors["qmp_timeout"], labels))
-        out.append(counter("QgaTimeouts", rt.errors["qga_timeout"], labels))
+        out.append(counter("QmpTimeouts", state.errors["qmp_timeout"], labels))
+        out.append(counter("QgaTimeouts", state.errors["qga_timeout"], labels))
     return out
 
 
@@ -74,7 +77,7 @@ class SelfMetrics:
         self.previous: dict[tuple[str, Labels], float] = {}
 
     def datums(self, observations: list[Observation], now: float) -> list[Datum]:
-        out = Emitter(self.config, now, interval_s=self.config.self_metrics.interval_s)
+        out = Emitter.for_config(self.config, now, interval_s=self.config.self_metrics.interval_s)
         for o in observations:
             value = o.value
             if o.kind == "counter":

@@ -1,5 +1,5 @@
-"""QMP access for one VM: qemu.qmp's QMPClient with a deadline on every call, the QEMU pid from
-SO_PEERCRED, and the pure parsers that find the guest agent's socket through QMP."""
+"""QMP access for one VM: qemu.qmp's QMPClient with a deadline on every call and the QEMU pid
+from SO_PEERCRED. What is looked up through it (chardevs, QOM) is in hiveagent.qom."""
 
 from __future__ import annotations
 
@@ -8,12 +8,9 @@ import contextlib
 import socket
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from qemu.qmp import ExecuteError, Message, QMPClient, QMPError
-
-QGA_PORT_NAME = "org.qemu.guest_agent.0"
 
 
 class QmpError(Exception):
@@ -179,69 +176,3 @@ class QmpSession:
 async def _quiet_disconnect(client: QMPClient) -> None:
     with contextlib.suppress(QMPError, OSError, EOFError, TimeoutError):
         await asyncio.wait_for(client.disconnect(), 1.0)
-
-
-# -- finding the guest agent through QMP (pure parsers) ------------------------------------
-
-
-@dataclass(frozen=True)
-class ChardevInfo:
-    label: str
-    socket_path: str | None  # the unix socket path of a server chardev, if any
-    frontend_open: bool
-
-
-def parse_virtserialports(qom_list_reply: Any) -> list[str]:
-    """Names of `child<virtserialport>` entries in a qom-list reply."""
-    if not isinstance(qom_list_reply, list):
-        return []
-    return [
-        e["name"]
-        for e in qom_list_reply
-        if isinstance(e, dict)
-        and e.get("type") == "child<virtserialport>"
-        and isinstance(e.get("name"), str)
-    ]
-
-
-def parse_chardev_filename(filename: str) -> str | None:
-    """`unix:/path,server=on` or `disconnected:unix:/path,server=on` -> `/path`."""
-    if filename.startswith("disconnected:"):
-        filename = filename[len("disconnected:") :]
-    if not filename.startswith("unix:"):
-        return None
-    return filename[len("unix:") :].split(",", 1)[0] or None
-
-
-def parse_query_chardev(reply: Any) -> dict[str, ChardevInfo]:
-    out: dict[str, ChardevInfo] = {}
-    if not isinstance(reply, list):
-        return out
-    for e in reply:
-        if not isinstance(e, dict):
-            continue
-        label, filename = e.get("label"), e.get("filename")
-        if not isinstance(label, str) or not isinstance(filename, str):
-            continue
-        out[label] = ChardevInfo(
-            label=label,
-            socket_path=parse_chardev_filename(filename),
-            frontend_open=e.get("frontend-open") is True,
-        )
-    return out
-
-
-async def find_guest_agent_chardev(session: QmpSession) -> str | None:
-    """The chardev label behind the org.qemu.guest_agent.0 port, via qom-list and qom-get."""
-    for container in ("/machine/peripheral", "/machine/peripheral-anon"):
-        try:
-            entries = await session.execute("qom-list", {"path": container})
-        except QmpCommandError:
-            continue
-        for port in parse_virtserialports(entries):
-            path = f"{container}/{port}"
-            name = await session.execute("qom-get", {"path": path, "property": "name"})
-            if name == QGA_PORT_NAME:
-                chardev = await session.execute("qom-get", {"path": path, "property": "chardev"})
-                return chardev if isinstance(chardev, str) else None
-    return None

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hiveagent.config import Config, Shaping
-from hiveagent.discovery import VmSpec
-from hiveagent.model import Datum
+from hiveagent.model import Datum, VmSpec
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,13 @@ Records may be marked done out of order (one request per namespace); the cursor 
 the done prefix, so a crash resends at most the records done after the oldest pending one.
 When the disk cannot be written (full, read-only, I/O error), records are kept in a bounded
 memory queue instead, and the loss of those at shutdown or overflow is counted.
+
+The spool also owns request sizing, once: `add` groups a cycle's datums by namespace into
+records that each fit one PutMetricData request (at most 1000 datums, under 1 MB on the wire),
+and every Record carries its wire size, worked out when it is appended or read back at open.
+`next_request` fills a request from the oldest pending record and later ones of the same
+namespace by adding those sizes. Every datum given up (corrupt records, the byte and memory
+bounds, datums too old for the endpoint) is counted in the DropLedger.
 """
 
 from __future__ import annotations
@@ -25,19 +32,29 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import itertools
+import json
 import logging
 import os
 import struct
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import msgpack
 
+from hiveagent.ledger import DropLedger
 from hiveagent.model import Datum
+from hiveagent.wire import (
+    MAX_AGE_S,
+    MAX_DATUMS_PER_REQUEST,
+    MAX_REQUEST_BYTES,
+    REQUEST_OVERHEAD_BYTES,
+    datum_wire_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +64,7 @@ MAX_RECORD_DATUMS = 0xFFFF
 MAX_RECORD_BYTES = 8 << 20
 HOT_CACHE_DATUMS = 50_000  # datums of freshly written records kept in memory, not re-read
 CURSOR = "cursor"
-
-DropCallback = Callable[[int, str, str], None]  # (datums, reason, detail)
+SCAN_AHEAD = 2000  # pending records looked at to fill one request
 
 
 class SpoolCorrupt(Exception):
@@ -70,8 +86,32 @@ class Record:
     segment: int | None  # None: memory-only (the disk could not be written)
     offset: int = 0
     length: int = 0  # header + payload bytes
+    wire_bytes: int = 0  # its datums' datum_wire_size, summed once (at append or open)
     datums: Sequence[Datum] | None = None  # kept for memory-only records
     too_old_counted: int = 0  # datums of it already counted as dropped too_old
+
+
+Request = list[tuple[Record, list[Datum]]]  # one namespace's records, with the datums to send
+
+
+def batches(datums: Iterable[Datum]) -> Iterator[tuple[list[Datum], int]]:
+    """Consecutive runs of one namespace, each <= 1000 datums and < 1 MB on the wire, with the
+    wire bytes of their datums (request overhead not included)."""
+    batch: list[Datum] = []
+    size = REQUEST_OVERHEAD_BYTES
+    for d in datums:
+        s = datum_wire_size(d)
+        if batch and (
+            d.namespace != batch[0].namespace
+            or len(batch) >= MAX_DATUMS_PER_REQUEST
+            or size + s > MAX_REQUEST_BYTES
+        ):
+            yield batch, size - REQUEST_OVERHEAD_BYTES
+            batch, size = [], REQUEST_OVERHEAD_BYTES
+        batch.append(d)
+        size += s
+    if batch:
+        yield batch, size - REQUEST_OVERHEAD_BYTES
 
 
 def encode_payload(namespace: str, datums: Sequence[Datum]) -> bytes:
@@ -148,14 +188,16 @@ class Spool:
         max_bytes: int = 256 << 20,
         fsync: bool = True,
         memory_max_datums: int = 100_000,
-        on_drop: DropCallback | None = None,
+        ledger: DropLedger | None = None,
+        audit: IO[str] | None = None,
     ) -> None:
         self.dir = Path(directory)
         self.max_bytes = max_bytes
         self.segment_bytes = max(64 << 10, max_bytes // 8)
         self.fsync = fsync
         self.memory_max_datums = memory_max_datums
-        self.on_drop: DropCallback = on_drop or (lambda n, reason, detail: None)
+        self.ledger = ledger or DropLedger()
+        self.audit = audit  # every datum added is written here as a JSON line
         self.pending: OrderedDict[int, Record] = OrderedDict()
         self.segment_sizes: dict[int, int] = {}  # segment number -> bytes on disk
         self.next_seq = 0
@@ -168,6 +210,7 @@ class Spool:
         self._pending_datums = 0
         self.corrupt_records = 0
         self.write_errors = 0
+        self.datums_spooled = 0  # by add()
 
     # -- opening and replay ------------------------------------------------------------------
 
@@ -204,11 +247,14 @@ class Spool:
                             seg,
                             offset,
                             length,
+                            wire_bytes=sum(map(datum_wire_size, datums)),
                         )
                     )
             except SpoolCorrupt as exc:
                 self.corrupt_records += 1
-                self.on_drop(exc.count, "spool_corrupt", f"{path}: {exc}; rest of segment skipped")
+                self.ledger.drop(
+                    exc.count, "spool_corrupt", f"{path}: {exc}; rest of segment skipped"
+                )
         self.active = (segments[-1] + 1) if segments else 0
         self._enforce_limits()  # the bound may have been lowered since the last run
         if self.pending:
@@ -236,16 +282,36 @@ class Spool:
 
     # -- appending ----------------------------------------------------------------------------
 
+    def add(self, datums: Iterable[Datum]) -> list[Record]:
+        """Spool a cycle's datums: grouped by namespace into records that each fit one request,
+        written with one fsync (kept in memory if the disk fails), then audited. Blocking I/O."""
+        ordered = sorted(datums, key=lambda d: d.namespace)
+        groups = list(batches(ordered))
+        if not groups:
+            return []
+        records = self._append([(b[0].namespace, b, size) for b, size in groups])
+        self.datums_spooled += sum(r.count for r in records)
+        if self.audit is not None:
+            for group, _size in groups:
+                for d in group:
+                    self.audit.write(json.dumps(d.as_json()) + "\n")
+            self.audit.flush()
+        return records
+
     def append(self, namespace: str, datums: Sequence[Datum]) -> Record:
-        """Write one batch durably (or keep it in memory if the disk fails). Blocking I/O."""
+        """Write one batch durably as one record, as is. Blocking I/O."""
         return self.append_many([(namespace, datums)])[0]
 
     def append_many(self, batches: Sequence[tuple[str, Sequence[Datum]]]) -> list[Record]:
-        """Write batches with one fsync for all of them; on a disk error, keep in memory what
-        could not be written. Blocking I/O."""
+        """Write batches (one record each, as they are) with one fsync. Blocking I/O."""
+        return self._append([(ns, ds, sum(map(datum_wire_size, ds))) for ns, ds in batches])
+
+    def _append(self, batches: Sequence[tuple[str, Sequence[Datum], int]]) -> list[Record]:
+        """Write (namespace, datums, wire bytes) batches with one fsync for all of them; on a
+        disk error, keep in memory what could not be written."""
         records = []
         encoded = []
-        for namespace, datums in batches:
+        for namespace, datums, wire_bytes in batches:
             records.append(
                 Record(
                     self._take_seq(),
@@ -254,6 +320,7 @@ class Spool:
                     min(d.timestamp for d in datums),
                     None,
                     datums=list(datums),
+                    wire_bytes=wire_bytes,
                 )
             )
             encoded.append(encode_record(namespace, datums))
@@ -353,6 +420,56 @@ class Spool:
             return datums
         raise SpoolCorrupt("record vanished", record.count)
 
+    def next_request(self, now: float) -> Request:
+        """The oldest pending record plus later ones of its namespace, within request limits
+        (looking at most SCAN_AHEAD records ahead, so draining a long backlog stays linear),
+        filled by adding the records' wire sizes. Unreadable records and datums too old for the
+        endpoint at wall-clock `now` are dropped here (counted once, however often retried).
+        Empty when every record looked at was finished that way (or nothing is pending)."""
+        group: Request = []
+        finished: list[Record] = []  # nothing left to send in them
+        count = 0
+        size = REQUEST_OVERHEAD_BYTES
+        namespace = None
+        cutoff = now - MAX_AGE_S
+        for record in itertools.islice(self.pending.values(), SCAN_AHEAD):
+            if namespace is not None and record.namespace != namespace:
+                continue
+            try:
+                datums = self.load(record)
+            except SpoolCorrupt as exc:
+                self.ledger.drop(exc.count, "spool_corrupt", str(exc))
+                finished.append(record)
+                continue
+            rsize = record.wire_bytes
+            if record.oldest < cutoff:  # some of them are too old: send only the rest
+                fresh = [d for d in datums if d.timestamp >= cutoff]
+                too_old = len(datums) - len(fresh)
+                if too_old > record.too_old_counted:
+                    self.ledger.drop(
+                        too_old - record.too_old_counted,
+                        "too_old",
+                        "older than the endpoint accepts",
+                    )
+                    record.too_old_counted = too_old
+                if not fresh:
+                    finished.append(record)
+                    continue
+                datums = fresh
+                rsize = sum(map(datum_wire_size, fresh))
+            if group and (
+                count + len(datums) > MAX_DATUMS_PER_REQUEST or size + rsize > MAX_REQUEST_BYTES
+            ):
+                break
+            namespace = record.namespace
+            group.append((record, datums))
+            count += len(datums)
+            size += rsize
+        for record in finished:
+            self.done(record)
+        self.commit()
+        return group
+
     def done(self, record: Record) -> None:
         """The record was delivered, or dropped with a counted reason."""
         self._forget(record)
@@ -397,7 +514,7 @@ class Spool:
         self.commit()
         self._close_active()
         if self.memory_datums:
-            self.on_drop(
+            self.ledger.drop(
                 self.memory_datums, "shutdown_memory", "kept in memory because the disk failed"
             )
             self.memory_datums = 0
@@ -414,7 +531,7 @@ class Spool:
                 self._forget(r)
             count = sum(r.count for r in lost)
             if count:
-                self.on_drop(
+                self.ledger.drop(
                     count,
                     "spool_full",
                     f"spool over {self.max_bytes} bytes; oldest segment {oldest} discarded",
@@ -423,7 +540,9 @@ class Spool:
         while self.memory_datums > self.memory_max_datums:
             victim = next(r for r in self.pending.values() if r.segment is None)
             self._forget(victim)
-            self.on_drop(victim.count, "memory_full", "spool disk unwritable and memory queue full")
+            self.ledger.drop(
+                victim.count, "memory_full", "spool disk unwritable and memory queue full"
+            )
 
     # -- figures ------------------------------------------------------------------------------
 

@@ -11,10 +11,10 @@ moto's server is the endpoint.
 
 Each measurement runs in its own child process, so CPU time and peak RSS are its own:
 
-- agent: `Agent.cycle()` with every registered collector and the in-guest plugins
-  (`--collectors all`, the default) or without them (`--collectors hypervisor`), then the datums
-  spooled (fsync) and sent to moto. Two warm-up cycles (connections, priming, guest-info), then
-  `--cycles` measured.
+- agent: collection cycles (the scheduler, then the pipeline) with every registered collector
+  and the in-guest plugins (`--collectors all`, the default) or without them
+  (`--collectors hypervisor`), then the datums spooled (fsync) and sent to moto. Two warm-up
+  cycles (connections, priming, guest-info), then `--cycles` measured.
 - floor: the same socket exchanges per VM and cycle as the agent, done by a minimal asyncio
   client that parses and computes nothing: QMP query-blockstats and qom-get of the balloon's
   guest-stats, in flight together on a long-lived connection, with query-status on the first
@@ -59,7 +59,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.harness import HOST_QGA_BLOCKED, free_port, hex_id, wait_for  # noqa: E402
+from tests.harness import HOST_QGA_BLOCKED, Collection, free_port, hex_id, wait_for  # noqa: E402
 
 CONCURRENCY = 32
 WARM_UP_CYCLES = 2  # connections, priming, guest-info
@@ -228,10 +228,11 @@ async def measure_agent(
     collectors: str = "all",
     profile: str | None = None,
 ) -> dict[str, Any]:
-    from hiveagent.agent import Agent, settle_memory
     from hiveagent.config import parse_config
-    from hiveagent.publisher import Publisher, make_client
+    from hiveagent.publisher import Publisher
+    from hiveagent.scheduler import settle_memory
     from hiveagent.spool import Spool
+    from hiveagent.wire import make_client
 
     config = parse_config(
         {
@@ -248,12 +249,12 @@ async def measure_agent(
             },
         }
     )
-    agent = Agent(config)
+    agent = Collection(config)  # the scheduler, then the pipeline, as the daemon runs them
     spool = Spool(config.spool.directory)
     spool.open()
     publisher = Publisher(make_client(config.region, endpoint), spool, config.publish)
     for _ in range(WARM_UP_CYCLES):
-        publisher.add(await agent.cycle())
+        spool.add(await agent.cycle())
         await publisher.flush()
     settle_memory()  # as the daemon does after its second cycle
     collect_cpu, collect_wall, publish_cpu, publish_wall, counts = [], [], [], [], []
@@ -272,7 +273,7 @@ async def measure_agent(
         c1, t1 = time.process_time(), time.perf_counter()
         if profiler is not None:
             profiler.disable()
-        publisher.add(datums)
+        spool.add(datums)
         await publisher.flush()
         c2, t2 = time.process_time(), time.perf_counter()
         collect_cpu.append(c1 - c0)
@@ -302,7 +303,7 @@ async def measure_agent(
 
 
 async def measure_floor(run_dir: str, cycles: int, collectors: str = "all") -> dict[str, Any]:
-    from hiveagent.agent import STATUS_REFRESH_CYCLES
+    from hiveagent.vm import STATUS_REFRESH_CYCLES
 
     sidecars = [json.loads(p.read_text()) for p in sorted(Path(run_dir).glob("*.json"))]
     limit = asyncio.Semaphore(CONCURRENCY)

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hiveagent.catalog import CATALOG  # noqa: E402
-from hiveagent.publisher import make_client  # noqa: E402
+from hiveagent.wire import make_client  # noqa: E402
 from tests.harness import Harness, guest_exec  # noqa: E402
 
 INTERVAL_S = 5

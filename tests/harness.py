@@ -21,6 +21,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hiveagent.config import Config
+from hiveagent.model import Datum
+from hiveagent.pipeline import Pipeline
+from hiveagent.scheduler import Scheduler, VmState
+
 REPO = Path(__file__).resolve().parent.parent
 GUEST_DIR = Path(os.environ.get("HIVEAGENT_GUEST_DIR", REPO / ".cache" / "guest"))
 # State-changing guest agent commands: blocked on host qemu-ga (guest-shutdown would power off
@@ -52,6 +57,28 @@ HOST_QGA_BLOCKED = ",".join(
         "guest-network-get-route",
     ]
 )
+
+
+class Collection:
+    """The daemon's collection stages in its order, for tests that drive cycles themselves:
+    the scheduler collects a cycle, the pipeline finishes it."""
+
+    def __init__(self, config: Config) -> None:
+        self.scheduler = Scheduler(config)
+        self.pipeline = Pipeline(config)
+
+    @property
+    def vms(self) -> dict[str, VmState]:
+        return self.scheduler.vms
+
+    async def cycle(self) -> list[Datum]:
+        return self.pipeline.finish(await self.scheduler.collect())
+
+    def drain_windows(self) -> list[Datum]:
+        return self.pipeline.drain()
+
+    async def close(self) -> None:
+        await self.scheduler.close()
 
 
 def free_port() -> int:

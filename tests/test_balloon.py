@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hiveagent.agent import Agent
 from hiveagent.config import parse_config
-from tests.harness import Harness
+from hiveagent.model import Datum
+from tests.harness import Collection, Harness
 
 pytestmark = pytest.mark.vm
 
@@ -29,13 +29,13 @@ def test_balloon_polling_interval(tmp_path: Path, allowed: bool) -> None:
         if allowed:
             hyper["balloon"] = {"set_polling_interval_seconds": 7}
         config = parse_config({"metrics": {"metrics_collected": {"mem": {}}}, "hypervisor": hyper})
-        agent = Agent(config)
+        agent = Collection(config)
 
-        async def run() -> tuple[list[object], dict[str, object]]:
+        async def run() -> tuple[list[Datum], dict[str, object]]:
             datums = await agent.cycle()
             got = {}
             for vm in (off, on):
-                got[vm.instance_id] = await agent.vms[vm.instance_id].qmp.execute(
+                got[vm.instance_id] = await agent.vms[vm.instance_id].session.qmp.execute(
                     "qom-get",
                     {"path": "/machine/peripheral/balloon0",
                      "property": "guest-stats-polling-interval"},
@@ -47,4 +47,4 @@ def test_balloon_polling_interval(tmp_path: Path, allowed: bool) -> None:
     assert got[off.instance_id] == (7 if allowed else 0)
     assert got[on.instance_id] == 3  # the VM's own setting is never changed
     # No guest driver ever reported: last-update 0, so no mem_* at all.
-    assert not [d for d in datums if d.name.startswith("mem_")]  # type: ignore[attr-defined]
+    assert not [d for d in datums if d.name.startswith("mem_")]

@@ -20,7 +20,7 @@ def test_readme_tables_match_catalog() -> None:
 
 
 def test_emitter_refuses_what_the_catalog_lacks() -> None:
-    out = Emitter(parse_config({}), timestamp=1.0)
+    out = Emitter.for_config(parse_config({}), timestamp=1.0)
     with pytest.raises(KeyError):
         out.emit("NoSuchMetric", 1.0, {"InstanceId": "i-1"})
     with pytest.raises(ValueError):
@@ -33,6 +33,8 @@ def test_emitter_refuses_what_the_catalog_lacks() -> None:
 
 
 def test_high_resolution_below_60_s() -> None:
-    out = Emitter(parse_config({"agent": {"metrics_collection_interval": 10}}), timestamp=1.0)
+    out = Emitter.for_config(
+        parse_config({"agent": {"metrics_collection_interval": 10}}), timestamp=1.0
+    )
     out.emit("CPUUtilization", 5.0, {"InstanceId": "i-1"})
     assert out.datums[0].storage_resolution == 1 and out.datums[0].namespace == "Hive/EC2"

@@ -35,8 +35,8 @@ from conftest import REPO
 
 from hiveagent.catalog import CATALOG, Family
 from hiveagent.model import Datum
-from hiveagent.publisher import make_client
 from hiveagent.spool import Spool
+from hiveagent.wire import make_client
 from tests.fault_proxy import FaultProxy
 from tests.harness import Harness, free_port, wait_for
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import REPO
 
 from hiveagent.catalog import CATALOG, Family
-from hiveagent.publisher import make_client
+from hiveagent.wire import make_client
 from tests.harness import guest_exec
 
 pytestmark = pytest.mark.vm

@@ -6,23 +6,25 @@ import pytest
 from conftest import DATA, recorded
 
 from collectors.blockstats import (
+    BlockCounters,
     BlockSample,
     device_name,
     parse_blockstats,
-    volume_id,
     volume_values,
 )
 from collectors.guest_disk import FsRecord, disk_values, parse_fsinfo
 from collectors.process_cpu import ProcCpuSample, cpu_utilization, parse_proc_stat, read_proc_stat
 from collectors.status import StatusSample, status_checks
 from collectors.tap_net import (
+    TapCounters,
     TapSample,
     network_totals,
     parse_net_dev,
     read_net_dev,
     read_tun_ifaces,
 )
-from hiveagent.qmp import (
+from hiveagent.model import volume_id
+from hiveagent.qom import (
     parse_chardev_filename,
     parse_query_chardev,
     parse_virtserialports,
@@ -37,9 +39,9 @@ def test_blockstats_recorded_devices_and_counters() -> None:
     assert set(devices) == {"vdisk-vol-0123456789abcdef0", "vdisk-vol-0123456789abcdef1"}
     scratch = devices["vdisk-vol-0123456789abcdef1"]
     # Two runs of `dd bs=4096 count=256 oflag=direct` in the guest: 512 ops, 2 MiB.
-    assert scratch["wr_operations"] == 512
-    assert scratch["wr_bytes"] == 2 * 1024 * 1024
-    assert scratch["wr_total_time_ns"] == 40029965
+    assert scratch.wr_operations == 512
+    assert scratch.wr_bytes == 2 * 1024 * 1024
+    assert scratch.wr_total_time_ns == 40029965
     assert volume_id("vdisk-vol-0123456789abcdef1", "i-1") == "vol-0123456789abcdef1"
     assert volume_id("os", "i-0123") == "i-0123:os"
 
@@ -55,11 +57,9 @@ def test_device_name_prefers_device_then_qdev() -> None:
 
 def test_volume_values_from_two_recorded_samples() -> None:
     cur = parse_blockstats(recorded("qmp-query-blockstats"))
-    prev = {k: {c: 0 for c in v} for k, v in cur.items()}
-    d = {
-        k: cur["vdisk-vol-0123456789abcdef1"][k] - prev["vdisk-vol-0123456789abcdef1"][k]
-        for k in cur["vdisk-vol-0123456789abcdef1"]
-    }
+    prev = BlockCounters(0, 0, 0, 0, 0, 0)
+    scratch = cur["vdisk-vol-0123456789abcdef1"]
+    d = BlockCounters._make(c - p for c, p in zip(scratch, prev, strict=True))
     v = volume_values(d, period_s=60.0)
     assert v["VolumeWriteOps"] == 512
     assert v["VolumeWriteBytes"] == 2097152
@@ -141,13 +141,10 @@ def test_cpu_utilization() -> None:
 
 def test_net_dev_and_tun_discovery_from_tree() -> None:
     counters = parse_net_dev(read_net_dev(PROC, 4242))
-    assert counters["tap0123456789ab"] == {
-        "rx_bytes": 123456,
-        "rx_packets": 789,
-        "tx_bytes": 654321,
-        "tx_packets": 987,
-    }
-    assert counters["lo"]["rx_bytes"] == counters["lo"]["tx_bytes"]
+    assert counters["tap0123456789ab"] == TapCounters(
+        rx_bytes=123456, rx_packets=789, tx_bytes=654321, tx_packets=987
+    )
+    assert counters["lo"].rx_bytes == counters["lo"].tx_bytes
     assert read_tun_ifaces(PROC, 4242) == ["tap0123456789ab"]
 
 
@@ -156,17 +153,17 @@ def test_network_totals_are_reversed_and_summed() -> None:
         1,
         0.0,
         {
-            "tapa": {"rx_bytes": 100, "rx_packets": 1, "tx_bytes": 1000, "tx_packets": 10},
-            "tapb": {"rx_bytes": 0, "rx_packets": 0, "tx_bytes": 0, "tx_packets": 0},
+            "tapa": TapCounters(rx_bytes=100, rx_packets=1, tx_bytes=1000, tx_packets=10),
+            "tapb": TapCounters(rx_bytes=0, rx_packets=0, tx_bytes=0, tx_packets=0),
         },
     )
     cur = TapSample(
         1,
         60.0,
         {
-            "tapa": {"rx_bytes": 150, "rx_packets": 2, "tx_bytes": 1500, "tx_packets": 15},
-            "tapb": {"rx_bytes": 7, "rx_packets": 1, "tx_bytes": 3, "tx_packets": 1},
-            "tapnew": {"rx_bytes": 999, "rx_packets": 9, "tx_bytes": 999, "tx_packets": 9},
+            "tapa": TapCounters(rx_bytes=150, rx_packets=2, tx_bytes=1500, tx_packets=15),
+            "tapb": TapCounters(rx_bytes=7, rx_packets=1, tx_bytes=3, tx_packets=1),
+            "tapnew": TapCounters(rx_bytes=999, rx_packets=9, tx_bytes=999, tx_packets=9),
         },
     )
     assert network_totals(prev, cur) == {

@@ -9,22 +9,23 @@ from collections import Counter
 import pytest
 from conftest import recorded
 
+from collectors.blockstats import BlockCounters
 from collectors.guest_cpu import CpuSample, GuestCpu, cpu_usage, parse_cpustats, total_of
 from collectors.guest_disk import GuestDisk, parse_fsinfo
-from collectors.guest_diskio import DiskioSample, GuestDiskio, parse_diskstats
+from collectors.guest_diskio import GuestDiskio, parse_diskstats
 from collectors.guest_mem import UNSET, mem_values, parse_guest_stats
-from collectors.guest_net import GuestNet, NetSample, parse_interfaces
-from hiveagent.collector import Emitter, VmContext
+from collectors.guest_net import GuestNet, parse_interfaces
+from hiveagent.collector import Emitter, VmView
 from hiveagent.config import parse_config
-from hiveagent.discovery import VmSpec
-from hiveagent.qmp import QmpSession
+from hiveagent.cycle import VmFacts
+from hiveagent.model import VmSpec
 
 
-def ctx_for(collected: dict[str, object]) -> VmContext:
+def ctx_for(collected: dict[str, object]) -> VmView:
     config = parse_config({"metrics": {"metrics_collected": collected}})
     spec = VmSpec(instance_id="i-0123456789abcdef0", qmp_socket="/x", qga_socket=None,
                   vcpus=2, taps=None, account_id=None, period_s=None, origin="test")  # fmt: skip
-    return VmContext(spec=spec, config=config, qmp=QmpSession("/x", timeout=1), pid=1)
+    return VmView(spec=spec, config=config, facts=VmFacts(pid=1))
 
 
 def by_series(out: Emitter) -> dict[tuple[str, str], float]:
@@ -35,15 +36,15 @@ def by_series(out: Emitter) -> dict[tuple[str, str], float]:
 def test_cpustats_recorded_reply() -> None:
     cpus = parse_cpustats(recorded("qga-guest-get-cpustats"))
     assert sorted(cpus) == [0, 1]
-    assert cpus[0]["user"] == 3550 and cpus[1]["idle"] == 27720
+    assert cpus[0].user == 3550 and cpus[1].idle == 27720
 
 
 def test_cpu_usage_shares_of_the_period() -> None:
     prev = parse_cpustats(recorded("qga-guest-get-cpustats"))
-    cur = copy.deepcopy(prev)
-    cur[0].update(user=prev[0]["user"] + 600, idle=prev[0]["idle"] + 300,
-                  iowait=prev[0]["iowait"] + 100, guest=prev[0]["guest"] + 50)  # fmt: skip
-    cur[1].update(idle=prev[1]["idle"] + 1000)
+    cur = dict(prev)
+    cur[0] = prev[0]._replace(user=prev[0].user + 600, idle=prev[0].idle + 300,
+                              iowait=prev[0].iowait + 100, guest=prev[0].guest + 50)  # fmt: skip
+    cur[1] = prev[1]._replace(idle=prev[1].idle + 1000)
     u0 = cpu_usage(prev[0], cur[0])
     assert u0 is not None
     assert u0["cpu_usage_user"] == pytest.approx(60.0)
@@ -60,13 +61,13 @@ def test_cpu_usage_shares_of_the_period() -> None:
 
 def test_cpu_collector_total_and_per_cpu() -> None:
     prev = CpuSample(parse_cpustats(recorded("qga-guest-get-cpustats")))
-    cur_cpus = copy.deepcopy(prev.cpus)
-    cur_cpus[1]["system"] += 100
-    cur_cpus[1]["idle"] += 100
-    cur_cpus[0]["idle"] += 200
+    cur_cpus = dict(prev.cpus)
+    cur_cpus[1] = prev.cpus[1]._replace(system=prev.cpus[1].system + 100,
+                                        idle=prev.cpus[1].idle + 100)  # fmt: skip
+    cur_cpus[0] = prev.cpus[0]._replace(idle=prev.cpus[0].idle + 200)
     cur = CpuSample(cur_cpus)
     ctx = ctx_for({"cpu": {"resources": ["*"], "measurement": ["usage_system", "cpu_usage_idle"]}})
-    out = Emitter(ctx.config, 1.0)
+    out = Emitter.for_config(ctx.config, 1.0)
     GuestCpu().emit(prev, cur, ctx, out)
     assert by_series(out) == {
         ("cpu_usage_system", "cpu-total"): 25.0, ("cpu_usage_idle", "cpu-total"): 75.0,
@@ -76,7 +77,7 @@ def test_cpu_collector_total_and_per_cpu() -> None:
     assert {d.unit for d in out.datums} == {"Percent"}
     # Defaults: only cpu-total (no resources), every measurement; first sample only primes.
     ctx = ctx_for({"cpu": {}})
-    out = Emitter(ctx.config, 1.0)
+    out = Emitter.for_config(ctx.config, 1.0)
     GuestCpu().emit(None, cur, ctx, out)
     assert out.datums == []
     GuestCpu().emit(prev, cur, ctx, out)
@@ -86,16 +87,19 @@ def test_cpu_collector_total_and_per_cpu() -> None:
 def test_diskio_recorded_reply_and_deltas() -> None:
     disks = parse_diskstats(recorded("qga-guest-get-diskstats"))
     # The recorded guest wrote 512 x 4 KiB to vdb before capture (see the data README).
-    assert disks["vdb"]["write-ios"] == 512 and disks["vdb"]["write-sectors"] == 4096
-    prev = DiskioSample(disks)
-    cur_disks = copy.deepcopy(disks)
-    cur_disks["vdb"]["write-ios"] += 256
-    cur_disks["vdb"]["write-sectors"] += 2048
-    cur_disks["vdb"]["total-ticks"] += 40
-    cur_disks["vdb"]["ios-pgr"] = 3
+    vdb = disks["vdb"].counters
+    assert vdb.write_ios == 512 and vdb.write_sectors == 4096
+    prev = disks
+    cur_disks = dict(disks)
+    cur_disks["vdb"] = disks["vdb"]._replace(
+        counters=vdb._replace(write_ios=vdb.write_ios + 256,
+                              write_sectors=vdb.write_sectors + 2048,
+                              total_ticks=vdb.total_ticks + 40),
+        gauges=(3,),  # ios-pgr
+    )  # fmt: skip
     ctx = ctx_for({"diskio": {"resources": ["vdb"]}})
-    out = Emitter(ctx.config, 1.0)
-    GuestDiskio().emit(prev, DiskioSample(cur_disks), ctx, out)
+    out = Emitter.for_config(ctx.config, 1.0)
+    GuestDiskio().emit(prev, cur_disks, ctx, out)
     got = by_series(out)
     assert got[("diskio_writes", "vdb")] == 256
     assert got[("diskio_write_bytes", "vdb")] == 1024 * 1024
@@ -109,13 +113,15 @@ def test_diskio_recorded_reply_and_deltas() -> None:
 
 def test_net_recorded_reply_and_deltas() -> None:
     ifaces = parse_interfaces(recorded("qga-guest-network-get-interfaces"))
-    assert set(ifaces) == {"lo", "eth0"} and ifaces["eth0"]["tx-bytes"] == 692
-    cur = copy.deepcopy(ifaces)
-    cur["eth0"]["tx-packets"] += 3
-    cur["eth0"]["tx-bytes"] += 126
+    eth0 = ifaces["eth0"].counters
+    assert set(ifaces) == {"lo", "eth0"} and eth0.tx_bytes == 692
+    cur = dict(ifaces)
+    cur["eth0"] = ifaces["eth0"]._replace(
+        counters=eth0._replace(tx_packets=eth0.tx_packets + 3, tx_bytes=eth0.tx_bytes + 126)
+    )
     ctx = ctx_for({"net": {"resources": ["eth0"]}})
-    out = Emitter(ctx.config, 1.0)
-    GuestNet().emit(NetSample(ifaces), NetSample(cur), ctx, out)
+    out = Emitter.for_config(ctx.config, 1.0)
+    GuestNet().emit(ifaces, cur, ctx, out)
     got = by_series(out)
     assert got[("net_packets_sent", "eth0")] == 3 and got[("net_bytes_sent", "eth0")] == 126
     assert got[("net_bytes_recv", "eth0")] == 0 and len(got) == 8
@@ -167,8 +173,9 @@ def test_guest_caps_and_rejections() -> None:
 def test_volume_idle_time() -> None:
     from collectors.blockstats import idle_time_s
 
-    quiet = dict.fromkeys(("rd_operations", "wr_operations"), 0)
-    busy = {"rd_operations": 0, "wr_operations": 4}
+    quiet = BlockCounters(0, 0, rd_operations=0, wr_operations=0, rd_total_time_ns=0,
+                          wr_total_time_ns=0)  # fmt: skip
+    busy = quiet._replace(wr_operations=4)
     assert idle_time_s(quiet, 60.0, None) == 60.0  # exact: no I/O in the period
     assert idle_time_s(quiet, 60.0, 5_000_000_000) == 60.0
     assert idle_time_s(busy, 60.0, 12_500_000_000) == 12.5  # since the last operation
@@ -199,7 +206,7 @@ def test_fsinfo_volume_id_from_the_serial() -> None:
     [fs] = parse_fsinfo([entry])
     assert fs.volume_id == "vol-0123456789abcdef0"
     ctx = ctx_for({"disk": {}})
-    out = Emitter(ctx.config, 1.0)
+    out = Emitter.for_config(ctx.config, 1.0)
     GuestDisk().emit(None, [fs], ctx, out)
     assert {dict(d.dimensions)["VolumeId"] for d in out.datums} == {"vol-0123456789abcdef0"}
     # No serial (no udev in the guest), or one that is not a volume: no VolumeId.
@@ -216,7 +223,8 @@ def test_queue_length_from_timed_stats() -> None:
     timed = parse_timed_depth(recorded("qmp-query-blockstats-timed"))
     [(device, depths)] = timed.items()
     assert device == "nbd-vol-0123456789abcdef2" and set(depths) == {60, 300}
-    d = dict.fromkeys(("rd_total_time_ns", "wr_total_time_ns"), 30_000_000_000)
+    d = BlockCounters(0, 0, 0, 0, rd_total_time_ns=30_000_000_000,
+                      wr_total_time_ns=30_000_000_000)  # fmt: skip
     assert queue_length(d, 60.0, depths) == pytest.approx(2.1733376442032678e-06)
     assert queue_length(d, 120.0, depths) == pytest.approx(4.358287317491883e-07)  # 300 s
     assert queue_length(d, 600.0, depths) == depths[300]  # none long enough: the longest
@@ -244,7 +252,8 @@ def test_vcpus_online() -> None:
 def test_guest_disks_map_to_volumes_through_pci() -> None:
     """query-pci and guest-get-disks recorded together from the harness's VM 1 (QEMU 7.2 and
     the test guest: no udev, so no serials, PCI addresses only)."""
-    from collectors.blockstats import map_guest_disks, parse_query_pci
+    from collectors.guest_disk_map import map_guest_disks
+    from hiveagent.qom import parse_query_pci
 
     pci = parse_query_pci(recorded("qmp-query-pci"))
     assert pci[(0, 4, 0)] == "vdisk-vol-0000000000000b010"
@@ -259,7 +268,9 @@ def test_guest_disks_map_to_volumes_through_pci() -> None:
 def test_idle_time_from_guest_busy_time() -> None:
     from collectors.blockstats import idle_time_s
 
-    busy = {"rd_operations": 3, "wr_operations": 4}
+    busy = BlockCounters(0, 0, rd_operations=3, wr_operations=4, rd_total_time_ns=0,
+                         wr_total_time_ns=0)  # fmt: skip
     assert idle_time_s(busy, 60.0, 1_000_000_000, guest_busy_ms=12_500) == 47.5
     assert idle_time_s(busy, 60.0, None, guest_busy_ms=90_000) == 0.0  # clipped
-    assert idle_time_s(dict.fromkeys(busy, 0), 60.0, None, guest_busy_ms=5) == 60.0  # no I/O
+    no_io = busy._replace(rd_operations=0, wr_operations=0)
+    assert idle_time_s(no_io, 60.0, None, guest_busy_ms=5) == 60.0  # no I/O

@@ -26,11 +26,10 @@ from typing import Any
 import pytest
 from conftest import REPO
 
-from hiveagent.agent import Agent
 from hiveagent.config import parse_config
 from hiveagent.model import Datum
 from tests.bench import start_peers
-from tests.harness import Harness, Vm
+from tests.harness import Collection, Harness, Vm
 from tests.hostile_qga import SCENARIOS, HostileQga
 
 pytestmark = pytest.mark.vm
@@ -198,7 +197,7 @@ def test_a_tenth_hung_does_not_hold_the_cycle(tmp_path: Path) -> None:
                 "max_concurrent_vms": 8, "state_dir": str(tmp_path / "state"),
             },
         })  # fmt: skip
-        agent = Agent(config)
+        agent = Collection(config)
 
         async def run() -> tuple[list[Datum], float]:
             await agent.cycle()  # connects, primes, learns guest-info
@@ -262,7 +261,7 @@ def test_paused_killed_restarted_and_missing_vms(tmp_path: Path) -> None:
                            "qmp": {"timeout_seconds": 1}, "qga": {"enabled": False},
                            "state_dir": str(tmp_path / "state")},
         })  # fmt: skip
-        agent = Agent(config)
+        agent = Collection(config)
 
         def value(datums: list[Datum], name: str, vm: Vm) -> float:
             [v] = [
@@ -275,7 +274,7 @@ def test_paused_killed_restarted_and_missing_vms(tmp_path: Path) -> None:
         async def run() -> None:
             await agent.cycle()
             await agent.cycle()
-            await agent.vms[paused.instance_id].qmp.execute("stop")
+            await agent.vms[paused.instance_id].session.qmp.execute("stop")
             killed.process.kill()
             old_pid = restarted.pid
             restarted.process.kill()
@@ -284,15 +283,15 @@ def test_paused_killed_restarted_and_missing_vms(tmp_path: Path) -> None:
             h.launch_vm(33, boot_guest=False, volumes=((8, False),))
             gone.qmp_socket.unlink()
             gone.qmp_socket.write_text("not a socket")
-            await agent.vms[gone.instance_id].qmp.close()
+            await agent.vms[gone.instance_id].session.qmp.close()
             datums = await agent.cycle()
             st = {vm.instance_id: agent.vms[vm.instance_id] for vm in vms}
-            assert st[paused.instance_id].run_status == "paused"
+            assert st[paused.instance_id].session.run_status == "paused"
             assert value(datums, "StatusCheckFailed", paused) == 0
             assert value(datums, "StatusCheckFailed_System", killed) == 1
             assert value(datums, "StatusCheckFailed_System", gone) == 1
             assert "cannot connect" in (st[gone.instance_id].last_error or "")
-            assert st[restarted.instance_id].pid not in (None, old_pid)
+            assert st[restarted.instance_id].session.pid not in (None, old_pid)
             # The restarted VM's counters re-primed: no deltas across two QEMU processes.
             assert not [
                 d

@@ -12,8 +12,9 @@ import pytest
 
 from hiveagent.model import Datum
 from hiveagent.monitoring import BasicWindows, detailed_copies, tier
-from hiveagent.publisher import Publisher, make_client, to_metric_datum
+from hiveagent.publisher import Publisher
 from hiveagent.spool import Spool
+from hiveagent.wire import make_client, to_metric_datum
 
 INST = (("InstanceId", "i-0123456789abcdef0"),)
 
@@ -92,7 +93,7 @@ def test_basic_datum_lands_with_its_samples(moto_url: str, tmp_path: Path, shape
     spool.open()
     pub = Publisher(make_client("us-east-1", moto_url), spool)
     pub.datum_shape = shape
-    pub.add([datum])
+    spool.add([datum])
     assert asyncio.run(pub.flush()) and pub.stats["datums_sent"] == 1
     client = make_client("us-east-1", moto_url)
     stats = client.get_metric_statistics(
@@ -111,9 +112,8 @@ def test_basic_datum_lands_with_its_samples(moto_url: str, tmp_path: Path, shape
 
 @pytest.mark.vm
 def test_a_basic_vm_through_the_agent(tmp_path: Path) -> None:
-    from hiveagent.agent import Agent
     from hiveagent.config import parse_config
-    from tests.harness import Harness
+    from tests.harness import Collection, Harness
 
     with Harness(tmp_path) as h:
         vm = h.launch_vm(51, boot_guest=False, volumes=((8, False),), sidecar=False)
@@ -128,7 +128,7 @@ def test_a_basic_vm_through_the_agent(tmp_path: Path) -> None:
                 },
             }
         )
-        agent = Agent(config)
+        agent = Collection(config)
         while time.time() % 300 > 290:  # keep the three cycles inside one 5-minute window
             time.sleep(1)
 

@@ -9,15 +9,11 @@ from typing import Any
 import pytest
 from qemu.qmp import QMPClient
 
-from hiveagent.agent import STATUS_REFRESH_CYCLES, Agent
 from hiveagent.config import parse_config
-from hiveagent.qmp import (
-    QmpCommandError,
-    QmpError,
-    QmpSession,
-    QmpTimeout,
-    find_guest_agent_chardev,
-)
+from hiveagent.qmp import QmpCommandError, QmpError, QmpSession, QmpTimeout
+from hiveagent.qom import find_guest_agent_chardev
+from hiveagent.vm import STATUS_REFRESH_CYCLES
+from tests.harness import Collection
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +21,7 @@ def bare_vm(harness: Any) -> Any:
     return harness.launch_vm(50, boot_guest=False, sidecar=False, volumes=((8, False),))
 
 
-def agent_for(harness: Any, **hyper: Any) -> Agent:
+def agent_for(harness: Any, **hyper: Any) -> Collection:
     cfg = {
         "agent": {"metrics_collection_interval": 5},
         "metrics": {"metrics_collected": {"disk": {}}},
@@ -36,7 +32,7 @@ def agent_for(harness: Any, **hyper: Any) -> Agent:
             **hyper,
         },
     }
-    return Agent(parse_config(cfg))
+    return Collection(parse_config(cfg))
 
 
 def test_pid_from_so_peercred_and_guest_agent_port(bare_vm: Any) -> None:
@@ -121,7 +117,7 @@ def test_cycle_on_guestless_vm_and_after_kill(harness: Any) -> None:
     def mine(ds: list[Any]) -> dict[str, Any]:
         return {d.name: d for d in ds if dict(d.dimensions).get("InstanceId") == vm.instance_id}
 
-    assert agent.vms[vm.instance_id].qga_state == "not running in guest"
+    assert agent.vms[vm.instance_id].session.qga_state == "not running in guest"
     assert set(mine(first)) == {
         "StatusCheckFailed",
         "StatusCheckFailed_System",
@@ -184,7 +180,7 @@ def test_vm_socket_held_by_another_client_does_not_delay_others(harness: Any) ->
     by_vm = {(dict(d.dimensions).get("InstanceId"), d.name): d.value for d in datums}
     assert by_vm[(vm_a.instance_id, "StatusCheckFailed_System")] == 1
     assert by_vm[(vm_b.instance_id, "StatusCheckFailed_System")] == 0
-    assert agent.last_cycle_s < 3.0
+    assert agent.scheduler.last_cycle_s < 3.0
 
 
 def test_run_status_follows_qemu_events(harness: Any) -> None:
@@ -200,36 +196,36 @@ def test_run_status_follows_qemu_events(harness: Any) -> None:
         try:
             await agent.cycle()
             rt = agent.vms[vm.instance_id]
-            assert (rt.run_status, rt.status_cycle) == ("running", 0)
+            assert (rt.session.run_status, rt.session.status_cycle) == ("running", 0)
             for _ in range(2):
                 await agent.cycle()
-            assert rt.status_cycle == 0  # nothing happened: not asked again
+            assert rt.session.status_cycle == 0  # nothing happened: not asked again
 
             async def event_arrives(command: str) -> None:
-                mark = rt.qmp.event_mark
+                mark = rt.session.qmp.event_mark
                 await control.execute(command)
                 for _ in range(100):
-                    if rt.qmp.event_mark != mark:
+                    if rt.session.qmp.event_mark != mark:
                         return
                     await asyncio.sleep(0.05)
                 raise AssertionError(f"no QMP event on the telemetry socket after {command}")
 
             await event_arrives("stop")
             datums = await agent.cycle()
-            assert (rt.run_status, rt.status_cycle) == ("paused", 3)
+            assert (rt.session.run_status, rt.session.status_cycle) == ("paused", 3)
             mine = {
                 d.name: d.value for d in datums if ("InstanceId", vm.instance_id) in d.dimensions
             }
             assert mine["StatusCheckFailed"] == 0  # paused is not a failure
             await event_arrives("cont")
             await agent.cycle()
-            assert (rt.run_status, rt.status_cycle) == ("running", 4)
+            assert (rt.session.run_status, rt.session.status_cycle) == ("running", 4)
             while rt.cycles < 4 + STATUS_REFRESH_CYCLES:
                 await agent.cycle()
-            assert rt.status_cycle == 4
+            assert rt.session.status_cycle == 4
             await agent.cycle()
-            assert rt.status_cycle == 4 + STATUS_REFRESH_CYCLES  # asked anyway
-            client = rt.qmp._client
+            assert rt.session.status_cycle == 4 + STATUS_REFRESH_CYCLES  # asked anyway
+            client = rt.session.qmp._client
             assert client is not None and client.events_seen == 2
             assert client.events.history == () and client.events.empty()  # nothing kept
         finally:

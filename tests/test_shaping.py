@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from hiveagent.agent import Agent
 from hiveagent.config import parse_config
-from hiveagent.discovery import VmSpec, parse_sidecar
-from hiveagent.model import Datum
-from hiveagent.publisher import make_client
+from hiveagent.discovery import parse_sidecar
+from hiveagent.model import Datum, VmSpec
 from hiveagent.shaping import MetadataFiles, parse_metadata, plugin_shaping, shape, vm_dimensions
+from hiveagent.wire import make_client
+from tests.harness import Collection
 
 SPEC = VmSpec(
     "i-0123456789abcdef0",
@@ -166,7 +166,7 @@ def test_per_plugin_interval_and_resolution(tmp_path: Path) -> None:
                 },
             }
         )
-        agent = Agent(config)
+        agent = Collection(config)
 
         async def run() -> list[list[Datum]]:
             out = [await agent.cycle() for _ in range(4)]

@@ -1,8 +1,11 @@
 """The disk spool on real files: replay after reopen, cursor, torn and corrupt records, the byte
-bound, and a really full disk (a 256 KiB tmpfs, when we are root)."""
+bound, and a really full disk (a 256 KiB tmpfs, when we are root). Request sizing: batching at
+append, record wire sizes, filling a request, too-old and unreadable records dropped."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import subprocess
@@ -14,8 +17,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hiveagent.ledger import DropLedger
 from hiveagent.model import Datum
-from hiveagent.spool import HEADER, Spool, decode_payload, encode_payload, read_records
+from hiveagent.spool import (
+    HEADER,
+    Spool,
+    batches,
+    decode_payload,
+    encode_payload,
+    read_records,
+)
+from hiveagent.wire import (
+    MAX_AGE_S,
+    MAX_DATUMS_PER_REQUEST,
+    MAX_REQUEST_BYTES,
+    REQUEST_OVERHEAD_BYTES,
+    datum_wire_size,
+)
 
 
 def datums(n: int, start: float = 1_700_000_000.0, ns: str = "Hive/EC2") -> list[Datum]:
@@ -33,18 +51,20 @@ def datums(n: int, start: float = 1_700_000_000.0, ns: str = "Hive/EC2") -> list
     ]
 
 
-class Drops:
+class Drops(DropLedger):
+    """The drop ledger (`counts` by reason), also keeping each drop's detail."""
+
     def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
+        super().__init__()
         self.details: list[str] = []
 
-    def __call__(self, count: int, reason: str, detail: str) -> None:
-        self.counts[reason] += count
+    def drop(self, count: int, reason: str, detail: str) -> None:
+        super().drop(count, reason, detail)
         self.details.append(detail)
 
 
 def open_spool(path: Path, drops: Drops | None = None, **kw: int) -> Spool:
-    spool = Spool(path, on_drop=drops, **kw)  # type: ignore[arg-type]
+    spool = Spool(path, ledger=drops, **kw)  # type: ignore[arg-type]
     spool.open()
     return spool
 
@@ -178,7 +198,7 @@ def test_full_disk_degrades_to_memory_and_recovers(tmp_path: Path) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], check=True)
     try:
         drops = Drops()
-        spool = open_spool(mnt / "spool", drops, fsync=0)  # type: ignore[arg-type]
+        spool = open_spool(mnt / "spool", drops, fsync=0)
         written = 0
         while spool.disk_ok:
             spool.append("Hive/EC2", datums(200, start=1e9 + written))
@@ -200,7 +220,7 @@ def test_full_disk_degrades_to_memory_and_recovers(tmp_path: Path) -> None:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
+names = st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=40)
 datum_strategy = st.builds(
     Datum,
     namespace=st.just("NS"),
@@ -242,3 +262,115 @@ def test_any_truncation_yields_a_prefix(
     assert drops.counts["spool_corrupt"] <= lost
     if cut == len(raw):
         assert got == sizes
+
+
+# -- request sizing -----------------------------------------------------------------------------
+
+request_datums = st.builds(
+    Datum,
+    namespace=st.sampled_from(["A", "B", "C"]),
+    name=st.text(min_size=1, max_size=255),
+    dimensions=st.lists(
+        st.tuples(st.text(min_size=1, max_size=255), st.text(min_size=1, max_size=1024)),
+        max_size=30,
+    ).map(tuple),
+    value=st.floats(allow_nan=False, allow_infinity=False),
+    unit=st.just("Count"),
+    timestamp=st.just(0.0),
+)
+
+
+@given(st.lists(request_datums, max_size=2500))
+def test_batches_respect_limits_and_keep_everything(items: list[Datum]) -> None:
+    items.sort(key=lambda d: d.namespace)
+    out = list(batches(items))
+    assert [d for b, _ in out for d in b] == items
+    for b, size in out:
+        assert 1 <= len(b) <= MAX_DATUMS_PER_REQUEST
+        assert len({d.namespace for d in b}) == 1
+        assert sum(datum_wire_size(d) for d in b) < MAX_REQUEST_BYTES
+        assert size == sum(datum_wire_size(d) for d in b)
+
+
+def test_batches_split_at_1000() -> None:
+    items = [Datum("N", "m", (), 1.0, "Count", 0.0)] * 2500
+    assert [len(b) for b, _ in batches(items)] == [1000, 1000, 500]
+
+
+def test_add_sizes_each_record_once_and_a_replay_agrees(tmp_path: Path) -> None:
+    mixed = datums(1500, ns="Hive/EC2") + datums(3, ns="CWAgent") + datums(2, ns="Hive/EBS")
+    spool = open_spool(tmp_path)
+    records = spool.add(reversed(mixed))
+    assert [(r.namespace, r.count) for r in records] == [
+        ("CWAgent", 3),
+        ("Hive/EBS", 2),
+        ("Hive/EC2", 1000),
+        ("Hive/EC2", 500),
+    ]
+    assert spool.datums_spooled == 1505
+    assert all(r.wire_bytes == sum(map(datum_wire_size, spool.load(r))) > 0 for r in records)
+    assert spool.add([]) == [] and spool.datums_spooled == 1505
+    spool.close()
+    again = open_spool(tmp_path)
+    assert [r.wire_bytes for r in again.records()] == [r.wire_bytes for r in records]
+    assert again.datums_spooled == 0  # counts what this process added
+
+
+def test_add_writes_the_audit_log(tmp_path: Path) -> None:
+    audit = io.StringIO()
+    spool = Spool(tmp_path, audit=audit)
+    spool.open()
+    spool.add(datums(2, ns="B") + datums(1, ns="A"))
+    lines = [json.loads(line) for line in audit.getvalue().splitlines()]
+    assert lines == [d.as_json() for d in datums(1, ns="A") + datums(2, ns="B")]
+
+
+def test_next_request_fills_one_namespace_within_the_limits(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    now = 1_700_100_000.0
+    a1 = spool.append("A", datums(600, ns="A"))
+    b1 = spool.append("B", datums(10, ns="B"))
+    a2 = spool.append("A", datums(300, ns="A"))
+    a3 = spool.append("A", datums(200, ns="A"))  # 1100 with a1 and a2: over 1000
+    a4 = spool.append("A", datums(100, ns="A"))  # would fit, but the fill stops at a3
+    group = spool.next_request(now)
+    assert [(r.seq, len(ds)) for r, ds in group] == [(a1.seq, 600), (a2.seq, 300)]
+    assert group[0][1] == datums(600, ns="A")
+    for r, _ in group:
+        spool.done(r)
+    assert [r.seq for r, _ in spool.next_request(now)] == [b1.seq]
+    spool.done(b1)
+    assert [r.seq for r, _ in spool.next_request(now)] == [a3.seq, a4.seq]
+
+
+def test_next_request_adds_record_sizes_up_to_1_mb(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    big = [d._replace(name="x" * 255) for d in datums(400)]  # ~400 KB on the wire
+    records = [spool.append("Hive/EC2", big) for _ in range(3)]
+    assert REQUEST_OVERHEAD_BYTES + 3 * records[0].wire_bytes > MAX_REQUEST_BYTES
+    assert REQUEST_OVERHEAD_BYTES + 2 * records[0].wire_bytes <= MAX_REQUEST_BYTES
+    group = spool.next_request(1_700_100_000.0)
+    assert [r.seq for r, _ in group] == [r.seq for r in records[:2]]
+
+
+def test_next_request_drops_too_old_and_unreadable_with_reasons(tmp_path: Path) -> None:
+    drops = Drops()
+    now = 1_700_000_000.0 + MAX_AGE_S + 1.5  # datums(n) at +0 and +1 are too old, +2... fresh
+    spool = open_spool(tmp_path, drops)
+    spool.append("Hive/EC2", datums(2))  # all too old
+    spool.append("Hive/EC2", datums(5))  # two too old, three fresh
+    spool.append("Hive/EC2", datums(7, start=now))  # fresh, but unreadable when sent
+    spool.close()
+    again = open_spool(tmp_path, drops)
+    [_old, mixed, bad] = list(again.records())
+    assert bad.datums is None and bad.segment is not None  # read back from disk when sent
+    seg = tmp_path / f"{bad.segment:016d}.seg"
+    data = bytearray(seg.read_bytes())
+    data[bad.offset + HEADER.size + 3] ^= 0x40
+    seg.write_bytes(bytes(data))
+    group = again.next_request(now)
+    assert [(r.seq, ds) for r, ds in group] == [(mixed.seq, datums(5)[2:])]
+    assert drops.counts == Counter({"too_old": 4, "spool_corrupt": 7})
+    assert [r.seq for r in again.records()] == [mixed.seq]  # the others are finished
+    assert [r.seq for r, _ in again.next_request(now)] == [mixed.seq]
+    assert drops.counts == Counter({"too_old": 4, "spool_corrupt": 7})  # a retry: none twice

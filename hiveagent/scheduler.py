@@ -1,0 +1,289 @@
+"""The scheduler: discover VMs, collect each (concurrently, bounded, under a deadline), run the
+due collectors on what their VM session answered, and count every error per collector and VM.
+
+Per VM and cycle: the scheduler makes a plan from the due collectors' wants, the VM session
+executes it (hiveagent.vm), then each due collector samples and emits. A collector that fails
+is skipped for that VM and cycle; nothing one VM does can stop the others. What the scheduler
+returns is raw: the pipeline (hiveagent.pipeline) finishes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from collectors import REGISTRY
+from hiveagent.collector import Collector, Emitter, VmView, namespaces, resolution_of
+from hiveagent.config import Config
+from hiveagent.cycle import Cycle, NotAsked, QmpCall, VmCycle, VmFacts
+from hiveagent.discovery import Discovery
+from hiveagent.model import Datum, VmSpec
+from hiveagent.qmp import QmpError, QmpTimeout
+from hiveagent.vm import CycleOutcome, CyclePlan, VmSession
+from qga.client import QgaError, QgaTimeout
+
+log = logging.getLogger(__name__)
+
+# Containers allocated (net) before the cyclic collector's youngest generation runs. The
+# default, 700, ran it about 200 times per 200-VM cycle: each run promotes the replies and
+# datums in flight at that moment, and the older generations, rescanned for them, took about 7%
+# of the agent's CPU (measured: 0.63 s of collection in 8 cycles, 0.07 s at 20,000, see
+# BENCHMARKS.md). Reference counting frees nearly everything the agent makes; what is cyclic
+# (exception tracebacks) waits at most this many allocations, a few MiB.
+GC_YOUNG_THRESHOLD = 20_000
+
+# What a collector's sample may raise on bad input (counted as a data error, not a bug).
+SAMPLE_ERRORS = (QmpError, QgaError, OSError, ValueError, KeyError, IndexError, TypeError)
+
+
+def settle_memory() -> None:
+    """After start-up (imports, connections, first samples), move every object alive into the
+    garbage collector's permanent generation: they live as long as the daemon, and the cyclic
+    collector then no longer rescans them on every collection of a busy cycle (about 10% of
+    the CPU per cycle at 200 VMs, see BENCHMARKS.md). Then let the youngest generation grow
+    to GC_YOUNG_THRESHOLD before it is collected."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
+@dataclass
+class VmState:
+    """What the scheduler keeps about one VM between cycles."""
+
+    session: VmSession
+    prev: dict[str, Any] = field(default_factory=dict)  # collector name -> last sample
+    process: int = 0  # the session's QEMU process the samples in `prev` belong to
+    last_error: str | None = None
+    errors: Counter[str] = field(default_factory=Counter)
+    cycles: int = 0  # collections of this VM so far (per-plugin intervals count in these)
+
+    @property
+    def spec(self) -> VmSpec:
+        return self.session.spec
+
+
+@dataclass(frozen=True)
+class CollectorPlan:
+    """A collector as configured: run every `every` cycles, datums at `resolution`."""
+
+    collector: Collector[Any]
+    every: int
+    resolution: int
+
+
+def count_timeout(state: VmState, exc: Exception) -> None:
+    """Per-VM QMP and guest agent timeouts (the QmpTimeouts/QgaTimeouts self-metrics)."""
+    if isinstance(exc, QmpTimeout):
+        state.errors["qmp_timeout"] += 1
+    elif isinstance(exc, QgaTimeout):
+        state.errors["qga_timeout"] += 1
+
+
+class Scheduler:
+    def __init__(self, config: Config, collectors: list[Collector[Any]] | None = None) -> None:
+        self.vms: dict[str, VmState] = {}
+        self.discovery_problems: list[str] = []
+        self.stats: Counter[str] = Counter()
+        self.last_cycle_s = 0.0
+        self._configure(config, collectors)
+
+    def _configure(self, config: Config, collectors: list[Collector[Any]] | None = None) -> None:
+        """Discovery, collectors and their plans, worked out once per config: each collector
+        runs every Nth cycle per its plugin's own interval, its datums at that resolution."""
+        self.config = config
+        self.discovery = Discovery(config)
+        self.namespaces = namespaces(config)
+        chosen = collectors or [c for c in (cls() for cls in REGISTRY) if c.enabled(config)]
+        self.plans: list[CollectorPlan] = []
+        for collector in chosen:
+            own = collector.interval_s(config)
+            every = max(1, round(own / config.interval_s)) if own and own > config.interval_s else 1
+            resolution = resolution_of(own or config.interval_s)
+            self.plans.append(CollectorPlan(collector, every, resolution))
+
+    @property
+    def collectors(self) -> list[Collector[Any]]:
+        return [p.collector for p in self.plans]
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: new discovery and collectors; VMs, connections and previous
+        samples are kept, so no counter is re-primed and no period is lost."""
+        self._configure(config)
+        for state in self.vms.values():
+            state.session.reconfigure(config)
+
+    async def close(self) -> None:
+        for state in self.vms.values():
+            await state.session.close()
+
+    async def rediscover(self) -> list[str]:
+        """Bring the VM list up to date; returns the instance ids of VMs gone."""
+        specs, problems = self.discovery.scan()
+        for p in problems:
+            if p not in self.discovery_problems:
+                log.warning("discovery: %s", p)
+        self.discovery_problems = problems
+        seen = set()
+        for spec in specs:
+            seen.add(spec.instance_id)
+            state = self.vms.get(spec.instance_id)
+            if state is None or state.spec.qmp_socket != spec.qmp_socket:
+                if state is not None:
+                    await state.session.close()
+                self.vms[spec.instance_id] = VmState(VmSession(spec, self.config))
+                log.info("vm %s: found (%s)", spec.instance_id, spec.origin)
+            else:
+                state.session.update_spec(spec)
+        gone = sorted(set(self.vms) - seen)
+        for instance_id in gone:
+            log.info("vm %s: gone", instance_id)
+            await self.vms.pop(instance_id).session.close()
+        return gone
+
+    async def collect(self) -> Cycle:
+        """One collection over every VM, at most max_concurrent_vms at a time."""
+        start = time.monotonic()
+        gone = await self.rediscover()
+        limit = asyncio.Semaphore(self.config.max_concurrent_vms)
+
+        async def bounded(state: VmState) -> VmCycle:
+            async with limit:
+                try:
+                    async with asyncio.timeout(self.config.vm_deadline_s):
+                        return VmCycle(state.spec, await self.collect_vm(state))
+                except TimeoutError:
+                    # Every call has its own deadline; this caps their sum for one VM.
+                    state.errors["vm_deadline"] += 1
+                    self.stats["vm_deadline_exceeded"] += 1
+                    state.last_error = f"collection took over {self.config.vm_deadline_s:g} s"
+                    log.warning("vm %s: %s; skipped this cycle", state.spec.instance_id,
+                                state.last_error)  # fmt: skip
+                    return VmCycle(state.spec, [])
+
+        results = await asyncio.gather(*(bounded(state) for state in self.vms.values()))
+        self.last_cycle_s = time.monotonic() - start
+        self.stats["cycles"] += 1
+        return Cycle(list(results), gone)
+
+    def _due(self, plan: CollectorPlan, state: VmState, facts: VmFacts) -> bool:
+        """Whether the collector runs for this VM in this cycle, given what is known."""
+        collector = plan.collector
+        if collector.needs_qmp and facts.pid is None:
+            return False
+        command = collector.qga_command
+        if command is not None and (not facts.qga_connected or command not in facts.qga_commands):
+            return False
+        # Not this plugin's turn: its deltas span its own interval.
+        return not state.cycles % plan.every
+
+    def _plan(self, state: VmState) -> CyclePlan:
+        spec, config = state.spec, self.config
+
+        def prev(name: str) -> Any:
+            """The collector's last sample, unless QEMU restarted since (asked after connect)."""
+            return state.prev.get(name) if state.process == state.session.process else None
+
+        def qmp_wants(facts: VmFacts) -> list[QmpCall]:
+            view = VmView(spec, config, facts)
+            return [
+                call
+                for p in self.plans
+                if p.collector.needs_qmp and self._due(p, state, facts)
+                for call in p.collector.qmp_wants(view, prev(p.collector.name))
+            ]
+
+        def qga_wants(facts: VmFacts) -> list[str]:
+            view = VmView(spec, config, facts)
+            return [
+                command
+                for p in self.plans
+                if self._due(p, state, facts)
+                for command in p.collector.qga_wants(view, prev(p.collector.name))
+            ]
+
+        return CyclePlan(state.cycles, qmp_wants, qga_wants)
+
+    async def collect_vm(self, state: VmState) -> list[Datum]:
+        outcome = await state.session.run_cycle(self._plan(state))
+        if state.process != state.session.process:  # a new QEMU process: re-prime
+            state.prev.clear()
+            state.process = state.session.process
+        self._count_failures(state, outcome)
+        view = VmView(state.spec, self.config, outcome.facts, outcome.replies)
+        if outcome.stale_replies:
+            view.rejected["qga.stale_reply"] += outcome.stale_replies
+        datums: list[Datum] = []
+        timestamp = time.time()
+        failed = False
+        for plan in self.plans:
+            if self._due(plan, state, outcome.facts):
+                out = Emitter(self.namespaces, timestamp, plan.resolution, datums)
+                failed |= not self._run_collector(plan.collector, state, view, out)
+        self._count_rejections(state, view)
+        if outcome.qmp_failure is None and outcome.qga_failure is None and not failed:
+            state.last_error = None
+        state.cycles += 1
+        return datums
+
+    def _count_failures(self, state: VmState, outcome: CycleOutcome) -> None:
+        for kind, exc in (("qmp", outcome.qmp_failure), ("qga", outcome.qga_failure)):
+            if exc is None:
+                continue
+            state.errors[kind] += 1
+            count_timeout(state, exc)
+            self.stats[f"{kind}_errors"] += 1
+            if state.last_error != str(exc):
+                what = "QMP" if kind == "qmp" else "guest agent"
+                log.warning("vm %s: %s: %s", state.spec.instance_id, what, exc)
+            state.last_error = str(exc)
+
+    def _count_rejections(self, state: VmState, view: VmView) -> None:
+        for reason, n in view.rejected.items():
+            key = f"rejected.{reason}"
+            if not state.errors[key]:
+                log.warning(
+                    "vm %s: rejected %d item(s) of guest input: %s (logged once per "
+                    "VM; see /status)",
+                    state.spec.instance_id,
+                    n,
+                    reason,
+                )
+            state.errors[key] += n
+            self.stats[key] += n
+
+    def _run_collector(
+        self, collector: Collector[Any], state: VmState, view: VmView, out: Emitter
+    ) -> bool:
+        """Sample and emit; False when the sample failed."""
+        name = collector.name
+        prev = state.prev.get(name)
+        try:
+            cur = collector.sample(view, prev)
+        except NotAsked:  # a collector reading past its wants is a bug, not a data error
+            state.errors[name] += 1
+            self.stats[f"collector_bugs.{name}"] += 1
+            log.exception("vm %s: %s: sample failed", state.spec.instance_id, name)
+            return False
+        except SAMPLE_ERRORS as exc:
+            state.errors[name] += 1
+            self.stats[f"collector_errors.{name}.{type(exc).__name__}"] += 1
+            count_timeout(state, exc)
+            self.stats[f"collector_errors.{name}"] += 1
+            state.last_error = f"{name}: {exc}"
+            log.warning("vm %s: %s: %s", state.spec.instance_id, name, exc)
+            return False
+        try:
+            collector.emit(prev, cur, view, out)
+        except Exception:  # a bug in one collector must not stop the others
+            state.errors[name] += 1
+            self.stats[f"collector_bugs.{name}"] += 1
+            log.exception("vm %s: %s: emit failed", state.spec.instance_id, name)
+        state.prev[name] = cur
+        return True

@@ -1,0 +1,319 @@
+"""The VM session: everything the agent says to one VM, and what it learns about it.
+
+It owns the QMP connection (long-lived; the telemetry socket is ours), the guest agent connection
+(opened per cycle and closed again, so other tools can use the guest agent between cycles) and
+what is learned per QEMU process: pid, vCPU thread ids, balloon, PCI map, the guest agent's
+socket and enabled commands, the run status. It executes a cycle's plan (the QMP commands and
+guest agent commands the due collectors want: the QMP ones in flight together, the guest agent
+ones in one pipelined exchange) and knows no collector. VM writes (turning balloon polling on)
+happen here, at connect. Errors are returned as facts, never counted here: the scheduler counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from hiveagent.config import Config
+from hiveagent.cycle import QmpCall, Replies, VmFacts, qmp_key
+from hiveagent.model import VmSpec
+from hiveagent.qmp import QmpCommandError, QmpError, QmpSession, QmpTimeout
+from hiveagent.qom import (
+    find_balloon,
+    find_guest_agent_chardev,
+    parse_query_chardev,
+    parse_query_pci,
+    read_pci_map,
+)
+from qga.client import GuestInfo, QgaClient, QgaError, QgaTimeout, parse_guest_info
+
+log = logging.getLogger(__name__)
+
+# query-status is asked again after any QMP event; this bounds how long a run state change that
+# came without an event could go unseen (in cycles).
+STATUS_REFRESH_CYCLES = 10
+PCI_RESCAN_CYCLES = 10  # hot-plugged PCI devices appear in the PCI map within this many cycles
+
+
+@dataclass(frozen=True)
+class CyclePlan:
+    """What the scheduler wants asked of one VM in one cycle: the QMP commands (given what is
+    known before they are sent) and the guest agent commands (given what the guest agent
+    enables)."""
+
+    cycle: int  # the VM's collection count (the status refresh counts in these)
+    qmp_wants: Callable[[VmFacts], Iterable[QmpCall]]
+    qga_wants: Callable[[VmFacts], Iterable[str]]
+
+
+@dataclass(frozen=True)
+class CycleOutcome:
+    facts: VmFacts
+    replies: Replies
+    qmp_failure: QmpError | None = None  # why QMP is unreachable this cycle
+    qga_failure: QgaError | None = None  # why the guest agent exchange failed
+    stale_replies: int = 0  # guest agent replies to nobody, thrown away
+
+
+class VmSession:
+    """One VM's connections and what is known about its QEMU process."""
+
+    def __init__(self, spec: VmSpec, config: Config) -> None:
+        self.spec = spec
+        self.config = config
+        self.qmp = QmpSession(spec.qmp_socket, timeout=config.qmp_timeout_s)
+        self.process = 0  # QEMU processes seen (a restart makes a new one)
+        self._forget_process(None)
+        self.run_status: str | None = None  # query-status `status`, as last read
+        self.status_mark: tuple[int, int] | None = None  # QmpSession.event_mark when read
+        self.status_cycle = 0  # the cycle it was read in
+        self.qga_state = "unknown"
+        self.qga_answered = False  # the guest agent answered in the last cycle
+        self.pci_cycle = 0  # the cycle the PCI map was read in
+
+    def _forget_process(self, pid: int | None) -> None:
+        """QEMU (re)started: everything learned about the old process is void."""
+        self.pid = pid
+        self.process += 1
+        self.learned = False
+        self.vcpus: int | None = None
+        self.vcpu_threads: tuple[int, ...] = ()
+        self.balloon: str | None = None
+        self.pci: dict[tuple[int, int, int], str] = {}
+        self.qga_chardev: str | None = None  # label of the guest agent port's chardev ("": none)
+        self.guest_info: GuestInfo | None = None
+        self.qga_seen = False  # the guest agent answered during this QEMU process's life
+        self.qga_path: str | None = None  # the guest agent socket found by the last query-chardev
+        self.qga_answered = False
+
+    def update_spec(self, spec: VmSpec) -> None:
+        """The sidecar was rewritten (e.g. NIC hot-plug)."""
+        if spec.qga_socket != self.spec.qga_socket:
+            self.qga_path = None  # look for the guest agent again
+        self.spec = spec
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self.qmp.timeout = config.qmp_timeout_s
+
+    async def close(self) -> None:
+        await self.qmp.close()
+
+    # -- one cycle -----------------------------------------------------------------------------
+
+    async def run_cycle(self, plan: CyclePlan) -> CycleOutcome:
+        """Ask what the plan wants; return what is known and what was answered."""
+        replies = Replies()
+        facts = VmFacts()
+        qmp_failure: QmpError | None = None
+        qga_path = None
+        try:
+            qga_path = await self._qmp_part(plan, replies)
+            facts = self._facts(pid=self.pid, run_status=self.run_status)
+        except QmpError as exc:
+            qmp_failure = exc
+            facts = self._facts(pid=None, run_status=None, qmp_error=str(exc))
+        self.qga_answered = False
+        qga_failure: QgaError | None = None
+        stale = 0
+        if qga_path and facts.run_status == "running":
+            facts, qga_failure, stale = await self._guest_agent_part(qga_path, plan, facts, replies)
+        facts = replace(facts, qga_expected=self.qga_seen and facts.run_status == "running")
+        return CycleOutcome(facts, replies, qmp_failure, qga_failure, stale)
+
+    def _facts(self, **kw: Any) -> VmFacts:
+        return VmFacts(
+            vcpus=self.vcpus,
+            vcpu_threads=self.vcpu_threads,
+            balloon=self.balloon,
+            pci=self.pci,
+            **kw,
+        )
+
+    async def _qmp_part(self, plan: CyclePlan, replies: Replies) -> str | None:
+        """QMP up, the process learned, run status current, this cycle's QMP commands asked;
+        returns the guest agent socket to use, if any. Raises the QmpError that makes QEMU
+        unreachable this cycle."""
+        if not self.qmp.connected:
+            await self._connect()
+        failure = await self._qmp_round(plan, replies)
+        if isinstance(failure, QmpError) and not isinstance(failure, QmpTimeout | QmpCommandError):
+            # The connection died since the last cycle (QEMU restarted): reconnect once.
+            await self._connect()
+            failure = await self._qmp_round(plan, replies)
+        if failure is not None:
+            raise failure
+        if not self.config.qga_enabled:
+            self.qga_state = "disabled"
+            return None
+        chardev_reply = replies.qmp.get(qmp_key("query-chardev"))
+        if chardev_reply is None:  # not asked: the guest agent answered last cycle
+            return self.qga_path
+        if isinstance(chardev_reply, QmpError):
+            raise chardev_reply
+        self.qga_path = None
+        chardevs = parse_query_chardev(chardev_reply)
+        if self.spec.qga_socket:
+            matching = [c for c in chardevs.values() if c.socket_path == self.spec.qga_socket]
+            # A socket QEMU does not serve itself (e.g. a relay) cannot be checked: try it.
+            if matching and not matching[0].frontend_open:
+                self.qga_state = "not running in guest"
+                return None
+            self.qga_path = self.spec.qga_socket
+            return self.qga_path
+        if self.qga_chardev is None:
+            self.qga_chardev = await find_guest_agent_chardev(self.qmp) or ""
+        info = chardevs.get(self.qga_chardev) if self.qga_chardev else None
+        if info is None or info.socket_path is None:
+            self.qga_state = "no guest agent port"
+            return None
+        if not info.frontend_open:
+            self.qga_state = "not running in guest"
+            return None
+        self.qga_path = info.socket_path
+        return self.qga_path
+
+    async def _connect(self) -> None:
+        await self.qmp.connect()
+        if self.qmp.pid != self.pid:
+            self._forget_process(self.qmp.pid)
+
+    async def _learn(self, cycle: int) -> None:
+        """What is asked once per QEMU process: the vCPUs and their threads, the balloon (and
+        its polling, when the operator allows turning it on), the PCI map."""
+        cpus = await self.qmp.execute("query-cpus-fast")
+        self.vcpus = self.spec.vcpus or (len(cpus) if isinstance(cpus, list) and cpus else None)
+        self.vcpu_threads = parse_vcpu_threads(cpus)
+        if self.config.mem is not None:
+            self.balloon = await find_balloon(self.qmp)
+            interval = self.config.balloon_polling_interval_s
+            if self.balloon and interval:
+                await self._turn_balloon_polling_on(self.balloon, interval)
+        if self._wants_pci():
+            self.pci = await read_pci_map(self.qmp)
+            self.pci_cycle = cycle
+        self.learned = True
+
+    async def _turn_balloon_polling_on(self, path: str, interval: int) -> None:
+        """Only on a balloon whose polling is off: the VM's own setting is never changed."""
+        prop = "guest-stats-polling-interval"
+        try:
+            current = await self.qmp.execute("qom-get", {"path": path, "property": prop})
+            if current == 0:
+                arguments = {"path": path, "property": prop, "value": interval}
+                await self.qmp.execute("qom-set", arguments)
+                log.info("vm %s: balloon polling turned on (%d s)", self.spec.instance_id, interval)
+        except QmpCommandError as exc:  # QEMU refused: mem_* stay absent, QEMU is still up
+            log.warning("vm %s: balloon polling not turned on: %s", self.spec.instance_id, exc)
+
+    def _wants_pci(self) -> bool:
+        """The PCI map names the volume behind each guest disk (VolumeIdleTime's estimate)."""
+        return self.config.diskio is not None and self.config.ebs_enabled
+
+    async def _qmp_round(self, plan: CyclePlan, replies: Replies) -> QmpError | None:
+        """This cycle's QMP commands, all in flight together under one deadline: the plan's,
+        query-chardev when due, the PCI map when due, and query-status when the run status may
+        have changed. The replies (or the QmpErrors they failed with) go into `replies`.
+        Returns why QEMU counts as unreachable this cycle, if it does: a timeout, a lost
+        connection, or query-status failing."""
+        if not self.learned:
+            try:
+                await self._learn(plan.cycle)
+            except QmpError as exc:
+                return exc
+        facts = self._facts(pid=self.pid, run_status=self.run_status)
+        calls: list[QmpCall] = list(dict.fromkeys(plan.qmp_wants(facts)))
+        rescan_pci = self._wants_pci() and plan.cycle - self.pci_cycle >= PCI_RESCAN_CYCLES
+        if rescan_pci:
+            calls.append(qmp_key("query-pci"))
+        # The guest agent port's state is checked unless the guest agent answered last cycle
+        # (if it stopped since, that cycle's exchange times out and the next one checks).
+        if self.config.qga_enabled and (self.qga_path is None or not self.qga_answered):
+            calls.append(qmp_key("query-chardev"))
+        # QEMU announces every run state change with an event (STOP, RESUME, SHUTDOWN,
+        # GUEST_PANICKED...): the status read after the last event is still current. It is
+        # asked anyway when nothing else is (one command per cycle proves QEMU answers, for
+        # StatusCheckFailed_System) and every STATUS_REFRESH_CYCLES cycles.
+        mark = self.qmp.event_mark
+        ask_status = (
+            not calls
+            or mark is None
+            or mark != self.status_mark
+            or plan.cycle - self.status_cycle >= STATUS_REFRESH_CYCLES
+        )
+        if ask_status:
+            calls.insert(0, qmp_key("query-status"))
+        results = await self.qmp.execute_all([(c, dict(a) if a else None) for c, a in calls])
+        replies.qmp.clear()
+        replies.qmp.update(zip(calls, results, strict=True))
+        for reply in results:
+            if isinstance(reply, QmpError) and not isinstance(reply, QmpCommandError):
+                self.status_mark = None
+                return reply  # timed out or lost: every reply failed the same way
+        if rescan_pci:
+            pci = replies.qmp[qmp_key("query-pci")]
+            if not isinstance(pci, QmpError):
+                self.pci = parse_query_pci(pci)
+                self.pci_cycle = plan.cycle
+        if not ask_status:
+            return None
+        status = results[0]
+        if isinstance(status, QmpError):
+            self.status_mark = None
+            return status
+        run_status = status.get("status") if isinstance(status, dict) else None
+        self.run_status = run_status if isinstance(run_status, str) else None
+        # Taken before the command was sent: an event that crossed the reply asks again.
+        self.status_mark = mark if self.run_status is not None else None
+        self.status_cycle = plan.cycle
+        return None
+
+    async def _guest_agent_part(
+        self, path: str, plan: CyclePlan, facts: VmFacts, replies: Replies
+    ) -> tuple[VmFacts, QgaError | None, int]:
+        """Connect, and ask every guest agent command the plan wants in one pipelined exchange
+        (the resync included), then close: the replies go into `replies`."""
+        client = QgaClient(
+            path,
+            timeout=self.config.qga_timeout_s,
+            max_reply_bytes=self.config.qga_max_reply_bytes,
+        )
+        try:
+            await client.open()
+            if self.guest_info is None:
+                (info,) = await client.execute_many(["guest-info"])
+                if isinstance(info, QgaError):
+                    raise info
+                self.guest_info = parse_guest_info(info)
+            enabled = self.guest_info.enabled_commands
+            facts = replace(facts, qga_connected=True, qga_commands=enabled)
+            wanted = [c for c in dict.fromkeys(plan.qga_wants(facts)) if c in enabled]
+            # Always at least the resync (when nothing is wanted): it proves the guest agent
+            # answers, which the instance status check needs.
+            results = await client.execute_many(wanted)
+            replies.qga.update(zip(wanted, results, strict=True))
+        except QgaError as exc:
+            self.guest_info = None
+            self.qga_state = f"error: {exc}"
+            facts = replace(
+                facts, qga_connected=False, qga_commands=frozenset(), qga_error=str(exc)
+            )
+            return facts, exc, client.stale_replies
+        finally:
+            await client.close()
+        self.qga_seen = True
+        self.qga_answered = not any(isinstance(r, QgaTimeout) for r in replies.qga.values())
+        self.qga_state = f"ok (qemu-ga {self.guest_info.version})"
+        return facts, None, client.stale_replies
+
+
+def parse_vcpu_threads(reply: Any) -> tuple[int, ...]:
+    """Host thread ids of the vCPUs from query-cpus-fast (each checked: a positive int)."""
+    out = []
+    for cpu in reply if isinstance(reply, list) else []:
+        tid = cpu.get("thread-id") if isinstance(cpu, dict) else None
+        if tid.__class__ is int and 0 < tid < 1 << 31:
+            out.append(tid)
+    return tuple(out)
