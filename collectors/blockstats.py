@@ -17,12 +17,14 @@ from typing import Any, NamedTuple
 from collectors.guest_disk_map import DISK_MAP_RESCAN_CYCLES, map_guest_disks
 from collectors.guest_diskio import parse_diskstats
 from hiveagent.collector import Collector, Emitter, VmView, bounded_entries
+from hiveagent.config import Config, Limits
 from hiveagent.counters import counter_delta, counter_deltas
 from hiveagent.cycle import QmpCall, qmp_key
 from hiveagent.model import volume_id
+from hiveagent.qmp import QmpError
+from hiveagent.qom import parse_query_pci
 from qga.client import QgaError
 
-MAX_DEVICES = 256
 _U64_MAX = (1 << 64) - 1
 
 
@@ -53,8 +55,8 @@ class BlockSample:
     # The guest's own busy time per volume (diskstats total-ticks, ms), when the guest disk
     # behind each volume is known: the best VolumeIdleTime estimate.
     guest_busy_ms: dict[str, int] = field(default_factory=dict)
-    disk_map: dict[str, str] | None = None  # guest disk -> VolumeId (None: not looked up)
-    disk_map_age: int = 0  # samples since it was looked up
+    disk_map: dict[str, str] | None = None  # guest disk -> VolumeId (None: not known)
+    disk_map_age: int = 0  # samples since it was looked up (or tried)
 
 
 def device_name(entry: dict[str, Any]) -> str | None:
@@ -121,7 +123,7 @@ def parse_idle_ns(reply: Any) -> dict[str, int]:
 
 
 def parse_blockstats(
-    reply: Any, limit: int = MAX_DEVICES, rejected: Counter[str] | None = None
+    reply: Any, limit: int = Limits.max_block_devices, rejected: Counter[str] | None = None
 ) -> dict[str, BlockCounters]:
     """Device name -> the six counters, each checked to be an integer in [0, 2^64); at most
     `limit` devices. Entries thrown away are counted in `rejected` by reason."""
@@ -137,7 +139,7 @@ def parse_blockstats(
             continue  # a device without a name (e.g. an empty CD drive): nothing to report
         values = [stats.get(key) for key in COUNTERS]
         if all(v.__class__ is int and 0 <= v <= _U64_MAX for v in values):
-            out[name] = BlockCounters._make(values)
+            out[name] = tuple.__new__(BlockCounters, values)
         else:
             rejected["blockstats.bad_counter"] += 1
     return out
@@ -160,17 +162,24 @@ def idle_time_s(
     return min(period_s, idle_ns / 1e9)
 
 
+def guest_busy_wanted(config: Config) -> bool:
+    """VolumeIdleTime's best estimate needs the guest's busy time per disk: asked when the
+    diskio plugin and EBS metrics are on and the guest agent is used."""
+    return config.diskio is not None and config.ebs_enabled and config.qga_enabled
+
+
 def guest_busy_known(vm: VmView) -> bool:
-    """Whether the guest's busy time per volume can be known this cycle."""
+    """Whether the guest's busy time per volume can be asked this cycle."""
     return (
-        vm.config.diskio is not None
+        guest_busy_wanted(vm.config)
         and vm.facts.qga_connected
         and all(c in vm.facts.qga_commands for c in GUEST_BUSY_COMMANDS)
     )
 
 
 def disk_map_due(prev: BlockSample | None) -> bool:
-    return prev is None or prev.disk_map is None or prev.disk_map_age >= DISK_MAP_RESCAN_CYCLES
+    """The disk map is looked up on the first sample and every DISK_MAP_RESCAN_CYCLES."""
+    return prev is None or prev.disk_map_age >= DISK_MAP_RESCAN_CYCLES
 
 
 def volume_values(
@@ -200,12 +209,16 @@ class BlockStats(Collector[BlockSample]):
         return bool(getattr(config, "ec2_enabled", True) or getattr(config, "ebs_enabled", True))
 
     def qmp_wants(self, vm: VmView, prev: BlockSample | None) -> tuple[QmpCall, ...]:
+        if guest_busy_wanted(vm.config) and disk_map_due(prev):
+            return (qmp_key("query-blockstats"), qmp_key("query-pci"))
         return (qmp_key("query-blockstats"),)
 
     def qga_wants(self, vm: VmView, prev: BlockSample | None) -> tuple[str, ...]:
         if not guest_busy_known(vm):
             return ()
-        return GUEST_BUSY_COMMANDS if disk_map_due(prev) else ("guest-get-diskstats",)
+        if disk_map_due(prev):
+            return GUEST_BUSY_COMMANDS
+        return ("guest-get-diskstats",) if prev and prev.disk_map else ()
 
     def sample(self, vm: VmView, prev: BlockSample | None) -> BlockSample:
         pid = vm.facts.pid
@@ -216,21 +229,23 @@ class BlockStats(Collector[BlockSample]):
         idle = {k: v for k, v in parse_idle_ns(reply).items() if k in devices}
         timed = {k: v for k, v in parse_timed_depth(reply).items() if k in devices}
         disk_map = prev.disk_map if prev else None
-        age = prev.disk_map_age if prev else 0
+        age = (prev.disk_map_age if prev else 0) + 1
         busy: dict[str, int] = {}
-        if guest_busy_known(vm):
+        if guest_busy_wanted(vm.config):
             try:
-                if disk_map_due(prev):
-                    disks = vm.qga_reply("guest-get-disks")
-                    disk_map, age = map_guest_disks(disks, vm.facts.pci, vm.spec.instance_id), 0
-                age += 1
-                if disk_map:
+                if disk_map_due(prev):  # query-pci was asked; guest-get-disks if it could be
+                    disk_map, age = None, 1
+                    if guest_busy_known(vm):
+                        pci = parse_query_pci(vm.qmp_reply("query-pci"))
+                        disks = vm.qga_reply("guest-get-disks")
+                        disk_map = map_guest_disks(disks, pci, vm.spec.instance_id)
+                if disk_map and guest_busy_known(vm):
                     stats = parse_diskstats(
                         vm.qga_reply("guest-get-diskstats"), vm.config.limits.max_disks
                     )
                     busy = {vol: stats[disk].counters.total_ticks
                             for disk, vol in disk_map.items() if disk in stats}  # fmt: skip
-            except (QgaError, ValueError):
+            except (QgaError, QmpError, ValueError):
                 vm.rejected["blockstats.guest_busy_unavailable"] += 1
         return BlockSample(pid, mono_s, devices, idle, timed, busy, disk_map, age)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from hiveagent.collector import Collector, Emitter, VmView, bounded_entries, guest_counter
+from hiveagent.config import Limits
 
 
 class CpuTimes(NamedTuple):
@@ -42,7 +43,7 @@ class CpuSample:
 
 
 def parse_cpustats(
-    reply: Any, limit: int = 256, rejected: Counter[str] | None = None
+    reply: Any, limit: int = Limits.max_cpus, rejected: Counter[str] | None = None
 ) -> dict[int, CpuTimes]:
     """CPU number -> its ten counters; Linux entries only, each field an integer >= 0."""
     rejected = Counter() if rejected is None else rejected
@@ -59,7 +60,7 @@ def parse_cpustats(
         if None in values:
             rejected["cpustats.bad_counter"] += 1
             continue
-        out[cpu] = CpuTimes._make(values)
+        out[cpu] = _new(CpuTimes, values)
     return out
 
 
@@ -69,8 +70,7 @@ def cpu_usage(prev: CpuTimes, cur: CpuTimes) -> dict[str, float] | None:
     delta = [c - p for c, p in zip(cur, prev, strict=True)]
     if min(delta) < 0:
         return None
-    d = CpuTimes._make(delta)
-    total = d.user + d.system + d.nice + d.iowait + d.irq + d.softirq + d.steal + d.idle
+    total = sum(delta[:_TOTAL_FIELDS])
     if total <= 0:
         return None
     scale = 100.0 / total
@@ -83,7 +83,13 @@ def total_of(cpus: dict[int, CpuTimes]) -> CpuTimes:
     """The fields summed over every CPU (the cpu-total line /proc/stat has and qemu-ga omits)."""
     if not cpus:
         return CpuTimes(0, 0, 0, 0, 0, 0, 0, 0)
-    return CpuTimes._make(map(sum, zip(*cpus.values(), strict=True)))
+    return _new(CpuTimes, map(sum, zip(*cpus.values(), strict=True)))
+
+
+# The total is user + nice + system + idle + iowait + irq + softirq + steal: CpuTimes' first
+# eight fields (guest and guest_nice are inside user and nice already).
+_TOTAL_FIELDS = 8
+_new = tuple.__new__
 
 
 class GuestCpu(Collector[CpuSample]):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hiveagent.collector import Collector, Emitter, VmView, bounded_entries, clean_dimension
+from hiveagent.config import Limits
 
 _MAX_BYTES = 1 << 63
 
@@ -50,7 +51,7 @@ def volume_of(entry: dict[str, Any]) -> str | None:
 
 
 def parse_fsinfo(
-    reply: Any, limit: int = 64, rejected: Counter[str] | None = None
+    reply: Any, limit: int = Limits.max_filesystems, rejected: Counter[str] | None = None
 ) -> list[FsRecord]:
     """Filesystems with usable numbers, at most `limit`, each mount point once. Every entry
     thrown away is counted in `rejected` by reason."""

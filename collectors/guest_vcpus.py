@@ -9,9 +9,12 @@ from collections import Counter
 from typing import Any
 
 from hiveagent.collector import Collector, Emitter, VmView, bounded_entries
+from hiveagent.config import Limits
 
 
-def parse_vcpus(reply: Any, limit: int = 256, rejected: Counter[str] | None = None) -> int:
+def parse_vcpus(
+    reply: Any, limit: int = Limits.max_cpus, rejected: Counter[str] | None = None
+) -> int:
     """The number of vCPUs the guest reports online (each entry checked)."""
     rejected = Counter() if rejected is None else rejected
     online = 0

@@ -102,10 +102,10 @@ class TapNet(Collector[TapSample]):
         pid = vm.facts.pid
         assert pid is not None
         root, limit = vm.config.proc_root, vm.config.limits.max_interfaces
-        taps = found = vm.spec.taps
-        age = 0
+        taps, age = vm.spec.taps, 0
+        found: tuple[str, ...] = ()
         if taps is None:  # the tun devices QEMU holds open, looked up every few samples
-            if prev is None or prev.found_age >= TAP_RESCAN_CYCLES:
+            if prev is None or not prev.found_age or prev.found_age >= TAP_RESCAN_CYCLES:
                 found = tuple(read_tun_ifaces(root, pid))
             else:
                 found, age = prev.found, prev.found_age
@@ -115,7 +115,7 @@ class TapNet(Collector[TapSample]):
             taps = taps[:limit]
         counters = parse_net_dev(read_net_dev(root, pid)) if taps else {}
         sampled = {t: counters[t] for t in taps if t in counters}
-        return TapSample(pid, time.monotonic(), sampled, found or (), age)
+        return TapSample(pid, time.monotonic(), sampled, found, age)
 
     def emit(self, prev: TapSample | None, cur: TapSample, vm: VmView, out: Emitter) -> None:
         if prev is None:

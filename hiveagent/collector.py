@@ -19,7 +19,7 @@ import os
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sized
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 from hiveagent.catalog import CATALOG, Family
@@ -30,17 +30,17 @@ from hiveagent.model import Datum, VmSpec
 S = TypeVar("S")
 
 
-@dataclass
+@dataclass(slots=True)
 class VmView:
     """What a collector may read for one VM in one cycle."""
 
     spec: VmSpec
     config: Config
     facts: VmFacts
-    replies: Replies = field(default_factory=Replies)
+    replies: Replies
     # Guest (or QEMU) input thrown away this cycle, by reason ("<source>.<why>"): counted per
     # VM and in the agent's stats by the scheduler.
-    rejected: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str]
 
     def qmp_reply(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """A QMP command's reply this cycle; the QmpError it failed with is raised."""

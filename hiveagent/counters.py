@@ -20,8 +20,9 @@ C = TypeVar("C", bound=CounterRecord)
 
 
 def _same_record(record: C, values: list[int]) -> C:
-    """A record of `record`'s named tuple type holding `values`."""
-    return record._make(values)  # type: ignore[attr-defined, no-any-return]
+    """A record of `record`'s named tuple type holding `values` (tuple.__new__: the named
+    tuple's own _make is a Python-level call, once per device and cycle)."""
+    return tuple.__new__(record.__class__, values)
 
 
 def counter_delta(prev: int | None, cur: int) -> int | None:

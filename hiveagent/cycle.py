@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from hiveagent.model import Datum, VmSpec
 
@@ -24,9 +24,9 @@ class NotAsked(LookupError):
     """A collector read a reply it did not declare among its wants (a bug in the collector)."""
 
 
-@dataclass(frozen=True)
-class VmFacts:
-    """What the VM session knows about one VM in this cycle."""
+class VmFacts(NamedTuple):
+    """What the VM session knows about one VM in this cycle (a named tuple: several are made
+    per VM and cycle)."""
 
     pid: int | None = None  # QEMU's pid (SO_PEERCRED); None when QMP is down this cycle
     qmp_error: str | None = None  # why QMP counts as unreachable this cycle
@@ -34,7 +34,6 @@ class VmFacts:
     vcpus: int | None = None  # the VM's vCPUs (sidecar, else query-cpus-fast)
     vcpu_threads: tuple[int, ...] = ()  # host thread ids of the vCPUs (query-cpus-fast)
     balloon: str | None = None  # QOM path of the virtio-balloon, when the VM has one
-    pci: Mapping[tuple[int, int, int], str] = field(default_factory=dict)  # PCI addr -> qdev id
     qga_connected: bool = False  # the guest agent answered this cycle's exchange
     qga_commands: frozenset[str] = frozenset()  # enabled in the guest agent (when connected)
     qga_expected: bool = False  # the guest agent answered in this QEMU process's life

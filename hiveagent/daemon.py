@@ -83,7 +83,6 @@ class Daemon:
             ),
             self.spool,
             config.publish,
-            ledger=self.ledger,
         )
         self.publisher.datum_shape = config.datum_shape
         self.scheduler = Scheduler(config)

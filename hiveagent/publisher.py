@@ -24,12 +24,12 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
+from types import MappingProxyType
 from typing import Any
 
 from hiveagent.config import PublishSettings
-from hiveagent.ledger import DropLedger
 from hiveagent.model import Datum
 from hiveagent.spool import Request, Spool
 from hiveagent.wire import to_metric_datum
@@ -126,13 +126,12 @@ class Publisher:
         spool: Spool,
         settings: PublishSettings | None = None,
         *,
-        ledger: DropLedger | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.client = client
         self.spool = spool
         self.settings = settings or PublishSettings()
-        self.ledger = ledger or spool.ledger  # the spool's drops and ours, in one place
+        self.ledger = spool.ledger  # the spool's drops and ours, in one place
         self.breaker = CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_open_s)
         self.counts: Counter[str] = Counter()  # datums_sent, api_calls, api_errors, ...
         self.rng = rng or random.Random()
@@ -143,15 +142,15 @@ class Publisher:
         self.datum_shape = "statistic_sets"
 
     @property
-    def stats(self) -> Counter[str]:
+    def stats(self) -> Mapping[str, int]:
         """Delivery's figures as /status, /metrics and the self-metrics show them: ours, the
-        spool's `datums_spooled` and the ledger's `dropped.<reason>`. A fresh Counter (read
-        it, do not count into it)."""
+        spool's `datums_spooled` and the ledger's `dropped.<reason>` (read-only: count into
+        `counts` or the ledger)."""
         out = Counter(self.counts)
         if self.spool.datums_spooled:
             out["datums_spooled"] = self.spool.datums_spooled
         out.update(self.ledger.stats())
-        return out
+        return MappingProxyType(out)
 
     async def flush(self, deadline: float | None = None) -> bool:
         """Send pending records until none are left, the breaker is open, or the monotonic

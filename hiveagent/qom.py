@@ -1,6 +1,6 @@
 """Lookups in a VM's device tree (QOM) and chardevs through a QMP session: the guest agent port's
-chardev and socket, the balloon, the PCI map. Pure parsers for the replies, and the async
-lookups that take a QmpSession (nothing else of the agent's)."""
+chardev and socket, the balloon, the PCI map (qdev id per PCI address). Pure parsers for the
+replies, and the async lookups that take a QmpSession (nothing else of the agent's)."""
 
 from __future__ import annotations
 
@@ -117,8 +117,3 @@ async def find_balloon(session: QmpSession) -> str | None:
     """QOM path of the VM's virtio-balloon (with or without an id), if it has one."""
     found = await peripherals(session, "virtio-balloon")
     return found[0] if found else None
-
-
-async def read_pci_map(session: QmpSession) -> dict[tuple[int, int, int], str]:
-    """(bus, slot, function) -> qdev id, from query-pci."""
-    return parse_query_pci(await session.execute("query-pci"))

@@ -20,7 +20,7 @@ from typing import Any
 from collectors import REGISTRY
 from hiveagent.collector import Collector, Emitter, VmView, namespaces, resolution_of
 from hiveagent.config import Config
-from hiveagent.cycle import Cycle, NotAsked, QmpCall, VmCycle, VmFacts
+from hiveagent.cycle import Cycle, NotAsked, QmpCall, Replies, VmCycle, VmFacts
 from hiveagent.discovery import Discovery
 from hiveagent.model import Datum, VmSpec
 from hiveagent.qmp import QmpError, QmpTimeout
@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 # (exception tracebacks) waits at most this many allocations, a few MiB.
 GC_YOUNG_THRESHOLD = 20_000
 
+# What a collector's wants see: no replies yet, and nothing to count.
+NO_REPLIES = Replies()
+NOT_COUNTED: Counter[str] = Counter()
 # What a collector's sample may raise on bad input (counted as a data error, not a bug).
 SAMPLE_ERRORS = (QmpError, QgaError, OSError, ValueError, KeyError, IndexError, TypeError)
 
@@ -184,47 +187,52 @@ class Scheduler:
         return not state.cycles % plan.every
 
     def _plan(self, state: VmState) -> CyclePlan:
-        spec, config = state.spec, self.config
+        spec, config, plans, due = state.spec, self.config, self.plans, self._due
 
-        def prev(name: str) -> Any:
-            """The collector's last sample, unless QEMU restarted since (asked after connect)."""
-            return state.prev.get(name) if state.process == state.session.process else None
+        def previous() -> dict[str, Any]:
+            """The collectors' last samples, unless QEMU restarted since (asked after the
+            session connected)."""
+            return state.prev if state.process == state.session.process else {}
 
         def qmp_wants(facts: VmFacts) -> list[QmpCall]:
-            view = VmView(spec, config, facts)
+            view, prev = VmView(spec, config, facts, NO_REPLIES, NOT_COUNTED), previous()
             return [
                 call
-                for p in self.plans
-                if p.collector.needs_qmp and self._due(p, state, facts)
-                for call in p.collector.qmp_wants(view, prev(p.collector.name))
+                for p in plans
+                if p.collector.needs_qmp and due(p, state, facts)
+                for call in p.collector.qmp_wants(view, prev.get(p.collector.name))
             ]
 
         def qga_wants(facts: VmFacts) -> list[str]:
-            view = VmView(spec, config, facts)
+            view, prev = VmView(spec, config, facts, NO_REPLIES, NOT_COUNTED), previous()
             return [
                 command
-                for p in self.plans
-                if self._due(p, state, facts)
-                for command in p.collector.qga_wants(view, prev(p.collector.name))
+                for p in plans
+                if due(p, state, facts)
+                for command in p.collector.qga_wants(view, prev.get(p.collector.name))
             ]
 
         return CyclePlan(state.cycles, qmp_wants, qga_wants)
 
     async def collect_vm(self, state: VmState) -> list[Datum]:
+        timestamp = time.time()  # the datums' time: this cycle's start for the VM
         outcome = await state.session.run_cycle(self._plan(state))
         if state.process != state.session.process:  # a new QEMU process: re-prime
             state.prev.clear()
             state.process = state.session.process
         self._count_failures(state, outcome)
-        view = VmView(state.spec, self.config, outcome.facts, outcome.replies)
+        view = VmView(state.spec, self.config, outcome.facts, outcome.replies, Counter())
         if outcome.stale_replies:
             view.rejected["qga.stale_reply"] += outcome.stale_replies
         datums: list[Datum] = []
-        timestamp = time.time()
+        emitters: dict[int, Emitter] = {}  # by resolution, all appending to `datums`
         failed = False
         for plan in self.plans:
             if self._due(plan, state, outcome.facts):
-                out = Emitter(self.namespaces, timestamp, plan.resolution, datums)
+                out = emitters.get(plan.resolution)
+                if out is None:
+                    out = Emitter(self.namespaces, timestamp, plan.resolution, datums)
+                    emitters[plan.resolution] = out
                 failed |= not self._run_collector(plan.collector, state, view, out)
         self._count_rejections(state, view)
         if outcome.qmp_failure is None and outcome.qga_failure is None and not failed:
@@ -266,9 +274,10 @@ class Scheduler:
         prev = state.prev.get(name)
         try:
             cur = collector.sample(view, prev)
-        except NotAsked:  # a collector reading past its wants is a bug, not a data error
+        except NotAsked as exc:  # a collector reading past its wants is a bug, not a data error
             state.errors[name] += 1
             self.stats[f"collector_bugs.{name}"] += 1
+            state.last_error = f"{name}: {exc}"
             log.exception("vm %s: %s: sample failed", state.spec.instance_id, name)
             return False
         except SAMPLE_ERRORS as exc:

@@ -2,8 +2,8 @@
 
 It owns the QMP connection (long-lived; the telemetry socket is ours), the guest agent connection
 (opened per cycle and closed again, so other tools can use the guest agent between cycles) and
-what is learned per QEMU process: pid, vCPU thread ids, balloon, PCI map, the guest agent's
-socket and enabled commands, the run status. It executes a cycle's plan (the QMP commands and
+what is learned per QEMU process: pid, vCPU thread ids, balloon, the guest agent's socket and
+enabled commands, the run status. It executes a cycle's plan (the QMP commands and
 guest agent commands the due collectors want: the QMP ones in flight together, the guest agent
 ones in one pipelined exchange) and knows no collector. VM writes (turning balloon polling on)
 happen here, at connect. Errors are returned as facts, never counted here: the scheduler counts.
@@ -13,20 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from hiveagent.config import Config
 from hiveagent.cycle import QmpCall, Replies, VmFacts, qmp_key
 from hiveagent.model import VmSpec
 from hiveagent.qmp import QmpCommandError, QmpError, QmpSession, QmpTimeout
-from hiveagent.qom import (
-    find_balloon,
-    find_guest_agent_chardev,
-    parse_query_chardev,
-    parse_query_pci,
-    read_pci_map,
-)
+from hiveagent.qom import find_balloon, find_guest_agent_chardev, parse_query_chardev
 from qga.client import GuestInfo, QgaClient, QgaError, QgaTimeout, parse_guest_info
 
 log = logging.getLogger(__name__)
@@ -34,11 +27,9 @@ log = logging.getLogger(__name__)
 # query-status is asked again after any QMP event; this bounds how long a run state change that
 # came without an event could go unseen (in cycles).
 STATUS_REFRESH_CYCLES = 10
-PCI_RESCAN_CYCLES = 10  # hot-plugged PCI devices appear in the PCI map within this many cycles
 
 
-@dataclass(frozen=True)
-class CyclePlan:
+class CyclePlan(NamedTuple):
     """What the scheduler wants asked of one VM in one cycle: the QMP commands (given what is
     known before they are sent) and the guest agent commands (given what the guest agent
     enables)."""
@@ -48,8 +39,7 @@ class CyclePlan:
     qga_wants: Callable[[VmFacts], Iterable[str]]
 
 
-@dataclass(frozen=True)
-class CycleOutcome:
+class CycleOutcome(NamedTuple):
     facts: VmFacts
     replies: Replies
     qmp_failure: QmpError | None = None  # why QMP is unreachable this cycle
@@ -71,7 +61,6 @@ class VmSession:
         self.status_cycle = 0  # the cycle it was read in
         self.qga_state = "unknown"
         self.qga_answered = False  # the guest agent answered in the last cycle
-        self.pci_cycle = 0  # the cycle the PCI map was read in
 
     def _forget_process(self, pid: int | None) -> None:
         """QEMU (re)started: everything learned about the old process is void."""
@@ -81,7 +70,6 @@ class VmSession:
         self.vcpus: int | None = None
         self.vcpu_threads: tuple[int, ...] = ()
         self.balloon: str | None = None
-        self.pci: dict[tuple[int, int, int], str] = {}
         self.qga_chardev: str | None = None  # label of the guest agent port's chardev ("": none)
         self.guest_info: GuestInfo | None = None
         self.qga_seen = False  # the guest agent answered during this QEMU process's life
@@ -95,8 +83,15 @@ class VmSession:
         self.spec = spec
 
     def reconfigure(self, config: Config) -> None:
-        self.config = config
+        """A reloaded config; what is learned at connect is learned again if the new config
+        asks for something else there (the balloon and its polling)."""
+        old, self.config = self.config, config
         self.qmp.timeout = config.qmp_timeout_s
+        if (old.mem is None, old.balloon_polling_interval_s) != (
+            config.mem is None,
+            config.balloon_polling_interval_s,
+        ):
+            self.learned = False
 
     async def close(self) -> None:
         await self.qmp.close()
@@ -106,31 +101,38 @@ class VmSession:
     async def run_cycle(self, plan: CyclePlan) -> CycleOutcome:
         """Ask what the plan wants; return what is known and what was answered."""
         replies = Replies()
-        facts = VmFacts()
         qmp_failure: QmpError | None = None
         qga_path = None
         try:
             qga_path = await self._qmp_part(plan, replies)
-            facts = self._facts(pid=self.pid, run_status=self.run_status)
         except QmpError as exc:
             qmp_failure = exc
-            facts = self._facts(pid=None, run_status=None, qmp_error=str(exc))
+        pid, run_status = (self.pid, self.run_status) if qmp_failure is None else (None, None)
         self.qga_answered = False
         qga_failure: QgaError | None = None
-        stale = 0
-        if qga_path and facts.run_status == "running":
-            facts, qga_failure, stale = await self._guest_agent_part(qga_path, plan, facts, replies)
-        facts = replace(facts, qga_expected=self.qga_seen and facts.run_status == "running")
+        stale, connected, commands = 0, False, frozenset[str]()
+        if qga_path and run_status == "running":
+            known = self._facts(pid, run_status)
+            qga_failure, stale = await self._guest_agent_part(qga_path, plan, known, replies)
+            if qga_failure is None and self.guest_info is not None:
+                connected, commands = True, self.guest_info.enabled_commands
+        facts = VmFacts(
+            pid,
+            None if qmp_failure is None else str(qmp_failure),
+            run_status,
+            self.vcpus,
+            self.vcpu_threads,
+            self.balloon,
+            connected,
+            commands,
+            self.qga_seen and run_status == "running",
+            None if qga_failure is None else str(qga_failure),
+        )
         return CycleOutcome(facts, replies, qmp_failure, qga_failure, stale)
 
-    def _facts(self, **kw: Any) -> VmFacts:
-        return VmFacts(
-            vcpus=self.vcpus,
-            vcpu_threads=self.vcpu_threads,
-            balloon=self.balloon,
-            pci=self.pci,
-            **kw,
-        )
+    def _facts(self, pid: int | None, run_status: str | None) -> VmFacts:
+        """What is known before the guest agent is asked."""
+        return VmFacts(pid, None, run_status, self.vcpus, self.vcpu_threads, self.balloon)
 
     async def _qmp_part(self, plan: CyclePlan, replies: Replies) -> str | None:
         """QMP up, the process learned, run status current, this cycle's QMP commands asked;
@@ -180,21 +182,21 @@ class VmSession:
         if self.qmp.pid != self.pid:
             self._forget_process(self.qmp.pid)
 
-    async def _learn(self, cycle: int) -> None:
-        """What is asked once per QEMU process: the vCPUs and their threads, the balloon (and
-        its polling, when the operator allows turning it on), the PCI map."""
+    async def _learn(self) -> None:
+        """What is asked once per QEMU process: the vCPUs and their threads, and, when the mem
+        plugin is on, the balloon (and its polling, when the operator allows turning it on). A
+        command QEMU refuses leaves that fact unknown; a timeout or a lost connection makes
+        QEMU unreachable (raised), and everything is asked again next cycle."""
         cpus = await self.qmp.execute("query-cpus-fast")
         self.vcpus = self.spec.vcpus or (len(cpus) if isinstance(cpus, list) and cpus else None)
         self.vcpu_threads = parse_vcpu_threads(cpus)
+        self.balloon = None
         if self.config.mem is not None:
             self.balloon = await find_balloon(self.qmp)
             interval = self.config.balloon_polling_interval_s
             if self.balloon and interval:
                 await self._turn_balloon_polling_on(self.balloon, interval)
-        if self._wants_pci():
-            self.pci = await read_pci_map(self.qmp)
-            self.pci_cycle = cycle
-        self.learned = True
+        self.learned = self.vcpus is not None  # no vCPUs yet (hot-plug pending): ask again
 
     async def _turn_balloon_polling_on(self, path: str, interval: int) -> None:
         """Only on a balloon whose polling is off: the VM's own setting is never changed."""
@@ -208,26 +210,19 @@ class VmSession:
         except QmpCommandError as exc:  # QEMU refused: mem_* stay absent, QEMU is still up
             log.warning("vm %s: balloon polling not turned on: %s", self.spec.instance_id, exc)
 
-    def _wants_pci(self) -> bool:
-        """The PCI map names the volume behind each guest disk (VolumeIdleTime's estimate)."""
-        return self.config.diskio is not None and self.config.ebs_enabled
-
     async def _qmp_round(self, plan: CyclePlan, replies: Replies) -> QmpError | None:
         """This cycle's QMP commands, all in flight together under one deadline: the plan's,
-        query-chardev when due, the PCI map when due, and query-status when the run status may
-        have changed. The replies (or the QmpErrors they failed with) go into `replies`.
-        Returns why QEMU counts as unreachable this cycle, if it does: a timeout, a lost
-        connection, or query-status failing."""
+        query-chardev when due, and query-status when the run status may have changed. The
+        replies (or the QmpErrors they failed with) go into `replies`. Returns why QEMU counts
+        as unreachable this cycle, if it does: a timeout, a lost connection, or query-status
+        failing."""
         if not self.learned:
             try:
-                await self._learn(plan.cycle)
+                await self._learn()
             except QmpError as exc:
                 return exc
-        facts = self._facts(pid=self.pid, run_status=self.run_status)
+        facts = self._facts(self.pid, self.run_status)
         calls: list[QmpCall] = list(dict.fromkeys(plan.qmp_wants(facts)))
-        rescan_pci = self._wants_pci() and plan.cycle - self.pci_cycle >= PCI_RESCAN_CYCLES
-        if rescan_pci:
-            calls.append(qmp_key("query-pci"))
         # The guest agent port's state is checked unless the guest agent answered last cycle
         # (if it stopped since, that cycle's exchange times out and the next one checks).
         if self.config.qga_enabled and (self.qga_path is None or not self.qga_answered):
@@ -252,11 +247,6 @@ class VmSession:
             if isinstance(reply, QmpError) and not isinstance(reply, QmpCommandError):
                 self.status_mark = None
                 return reply  # timed out or lost: every reply failed the same way
-        if rescan_pci:
-            pci = replies.qmp[qmp_key("query-pci")]
-            if not isinstance(pci, QmpError):
-                self.pci = parse_query_pci(pci)
-                self.pci_cycle = plan.cycle
         if not ask_status:
             return None
         status = results[0]
@@ -272,9 +262,10 @@ class VmSession:
 
     async def _guest_agent_part(
         self, path: str, plan: CyclePlan, facts: VmFacts, replies: Replies
-    ) -> tuple[VmFacts, QgaError | None, int]:
+    ) -> tuple[QgaError | None, int]:
         """Connect, and ask every guest agent command the plan wants in one pipelined exchange
-        (the resync included), then close: the replies go into `replies`."""
+        (the resync included), then close: the replies go into `replies`. Returns why the
+        exchange failed, if it did, and the stale replies thrown away."""
         client = QgaClient(
             path,
             timeout=self.config.qga_timeout_s,
@@ -288,7 +279,7 @@ class VmSession:
                     raise info
                 self.guest_info = parse_guest_info(info)
             enabled = self.guest_info.enabled_commands
-            facts = replace(facts, qga_connected=True, qga_commands=enabled)
+            facts = facts._replace(qga_connected=True, qga_commands=enabled)
             wanted = [c for c in dict.fromkeys(plan.qga_wants(facts)) if c in enabled]
             # Always at least the resync (when nothing is wanted): it proves the guest agent
             # answers, which the instance status check needs.
@@ -297,16 +288,13 @@ class VmSession:
         except QgaError as exc:
             self.guest_info = None
             self.qga_state = f"error: {exc}"
-            facts = replace(
-                facts, qga_connected=False, qga_commands=frozenset(), qga_error=str(exc)
-            )
-            return facts, exc, client.stale_replies
+            return exc, client.stale_replies
         finally:
             await client.close()
         self.qga_seen = True
         self.qga_answered = not any(isinstance(r, QgaTimeout) for r in replies.qga.values())
         self.qga_state = f"ok (qemu-ga {self.guest_info.version})"
-        return facts, None, client.stale_replies
+        return None, client.stale_replies
 
 
 def parse_vcpu_threads(reply: Any) -> tuple[int, ...]:

@@ -17,7 +17,7 @@ from collectors.guest_mem import UNSET, mem_values, parse_guest_stats
 from collectors.guest_net import GuestNet, parse_interfaces
 from hiveagent.collector import Emitter, VmView
 from hiveagent.config import parse_config
-from hiveagent.cycle import VmFacts
+from hiveagent.cycle import Replies, VmFacts
 from hiveagent.model import VmSpec
 
 
@@ -25,7 +25,7 @@ def ctx_for(collected: dict[str, object]) -> VmView:
     config = parse_config({"metrics": {"metrics_collected": collected}})
     spec = VmSpec(instance_id="i-0123456789abcdef0", qmp_socket="/x", qga_socket=None,
                   vcpus=2, taps=None, account_id=None, period_s=None, origin="test")  # fmt: skip
-    return VmView(spec=spec, config=config, facts=VmFacts(pid=1))
+    return VmView(spec, config, VmFacts(pid=1), Replies(), Counter())
 
 
 def by_series(out: Emitter) -> dict[tuple[str, str], float]:

@@ -1,0 +1,119 @@
+"""A collector declares its wants once and reads exactly those: the VM session asks them before
+any collector runs, and a reply read past them is NotAsked (counted as the collector's bug, never
+fetched live). Driven on recorded QEMU 7.2 replies and the checked-in /proc tree, every plugin
+on, over enough cycles for the rescans (disk map, taps)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+from conftest import DATA, recorded
+
+from collectors import REGISTRY
+from collectors.blockstats import BlockSample
+from collectors.guest_disk_map import DISK_MAP_RESCAN_CYCLES
+from hiveagent.collector import Collector, Emitter, VmView
+from hiveagent.config import parse_config
+from hiveagent.cycle import NotAsked, QmpCall, Replies, VmFacts, qmp_key
+from hiveagent.model import VmSpec
+from hiveagent.scheduler import Scheduler, VmState
+from hiveagent.vm import VmSession
+from qga.client import parse_guest_info
+
+RECORDED_QMP = {
+    "query-blockstats": "qmp-query-blockstats",
+    "query-pci": "qmp-query-pci",
+    "qom-get": "qmp-qom-get-balloon0-guest-stats",
+}
+BALLOON = "/machine/peripheral/balloon0"
+CONFIG = parse_config(
+    {
+        "metrics": {
+            "metrics_collected": {
+                "cpu": {"resources": ["*"]},
+                "disk": {},
+                "diskio": {},
+                "net": {},
+                "mem": {},
+            }
+        },
+        "hypervisor": {"proc_root": str(DATA / "proc")},
+    }
+)
+SPEC = VmSpec("i-0000000000000a001", "/x", None, 2, None, None, None, "test")
+
+
+class ReadLog(dict[Any, Any]):
+    """Replies that remember which were read."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.read: set[Any] = set()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+
+def facts() -> VmFacts:
+    info = parse_guest_info(recorded("qga-guest-info"))
+    return VmFacts(pid=4242, run_status="running", vcpus=2, balloon=BALLOON, qga_connected=True,
+                   qga_commands=info.enabled_commands, qga_expected=True)  # fmt: skip
+
+
+def test_collectors_read_exactly_what_they_declared() -> None:
+    collectors = [c for c in (cls() for cls in REGISTRY) if c.enabled(CONFIG)]
+    assert {c.name for c in collectors} >= {"blockstats", "guest_mem", "guest_diskio"}
+    prev: dict[str, Any] = {}
+    asked: dict[str, list[tuple[QmpCall | str, ...]]] = {c.name: [] for c in collectors}
+    for _ in range(DISK_MAP_RESCAN_CYCLES + 2):
+        for collector in collectors:
+            before = prev.get(collector.name)
+            view = VmView(SPEC, CONFIG, facts(), Replies(), Counter())
+            qmp = collector.qmp_wants(view, before)
+            qga = collector.qga_wants(view, before)
+            view.replies.qmp = ReadLog({call: recorded(RECORDED_QMP[call[0]]) for call in qmp})
+            view.replies.qga = ReadLog({c: recorded(f"qga-{c}") for c in qga})
+            prev[collector.name] = collector.sample(view, before)  # NotAsked past its wants
+            assert view.replies.qmp.read == set(qmp), collector.name  # each want is read
+            assert view.replies.qga.read == set(qga), collector.name
+            assert not view.rejected, (collector.name, view.rejected)
+            asked[collector.name].append((*qmp, *qga))
+    # The guest disk map (query-pci + guest-get-disks) on the first sample and again after
+    # DISK_MAP_RESCAN_CYCLES samples; the guest's busy time every sample.
+    lookups = [i for i, a in enumerate(asked["blockstats"]) if qmp_key("query-pci") in a]
+    assert lookups == [0, DISK_MAP_RESCAN_CYCLES]
+    assert all("guest-get-diskstats" in a for a in asked["blockstats"])
+    sample: BlockSample = prev["blockstats"]
+    # qemu-ga's disk addresses against QEMU's PCI map, both recorded from the same VM.
+    assert sample.disk_map == {"vda": "vol-0000000000000b010", "vdb": "vol-0000000000000b011"}
+    balloon = qmp_key("qom-get", {"path": BALLOON, "property": "guest-stats"})
+    assert all(a == (balloon,) for a in asked["guest_mem"])
+
+
+class Rogue(Collector[int]):
+    """Reads a reply it never declared."""
+
+    name = "rogue"
+    needs_qmp = False
+
+    def sample(self, vm: VmView, prev: int | None) -> int:
+        return len(vm.qmp_reply("query-pci"))
+
+    def emit(self, prev: int | None, cur: int, vm: VmView, out: Emitter) -> None:
+        raise AssertionError("not reached")
+
+
+def test_reading_past_the_wants_is_a_counted_bug() -> None:
+    view = VmView(SPEC, CONFIG, facts(), Replies(), Counter())
+    with pytest.raises(NotAsked):
+        view.qga_reply("guest-get-fsinfo")
+    scheduler = Scheduler(CONFIG, [Rogue()])
+    state = VmState(VmSession(SPEC, CONFIG))
+    out = Emitter.for_config(CONFIG, 1.0)
+    assert not scheduler._run_collector(Rogue(), state, view, out)
+    assert scheduler.stats["collector_bugs.rogue"] == 1 and state.errors["rogue"] == 1
+    assert state.last_error is not None and "query-pci" in state.last_error
+    assert out.datums == [] and "rogue" not in state.prev
