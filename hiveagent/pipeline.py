@@ -49,7 +49,8 @@ class Pipeline:
             if windows is None:
                 windows = self.windows[spec.instance_id] = BasicWindows()
             return windows.add(datums)
-        datums += self.vm_gone(spec.instance_id)  # the VM moved to detailed: close what was open
+        if spec.instance_id in self.windows:  # the VM moved to detailed: close what was open
+            datums += self.vm_gone(spec.instance_id)
         return detailed_copies(
             datums,
             spec.image_id or meta.image_id,

@@ -175,19 +175,23 @@ class Scheduler:
         self.stats["cycles"] += 1
         return Cycle(list(results), gone)
 
-    def _due(self, plan: CollectorPlan, state: VmState, facts: VmFacts) -> bool:
-        """Whether the collector runs for this VM in this cycle, given what is known."""
-        collector = plan.collector
+    def _turn(self, state: VmState) -> list[CollectorPlan]:
+        """The collectors whose turn it is for this VM (a plugin with its own, longer interval
+        runs every Nth cycle: its deltas span that interval)."""
+        cycles = state.cycles
+        return [p for p in self.plans if p.every == 1 or not cycles % p.every]
+
+    @staticmethod
+    def _can_run(collector: Collector[Any], facts: VmFacts) -> bool:
+        """Whether what the collector reads can be had for this VM this cycle."""
         if collector.needs_qmp and facts.pid is None:
             return False
         command = collector.qga_command
-        if command is not None and (not facts.qga_connected or command not in facts.qga_commands):
-            return False
-        # Not this plugin's turn: its deltas span its own interval.
-        return not state.cycles % plan.every
+        return command is None or (facts.qga_connected and command in facts.qga_commands)
 
-    def _plan(self, state: VmState) -> CyclePlan:
-        spec, config, plans, due = state.spec, self.config, self.plans, self._due
+    def _plan(self, state: VmState, turn: list[CollectorPlan]) -> CyclePlan:
+        spec, config, can_run = state.spec, self.config, self._can_run
+        collectors = [p.collector for p in turn]
 
         def previous() -> dict[str, Any]:
             """The collectors' last samples, unless QEMU restarted since (asked after the
@@ -198,25 +202,26 @@ class Scheduler:
             view, prev = VmView(spec, config, facts, NO_REPLIES, NOT_COUNTED), previous()
             return [
                 call
-                for p in plans
-                if p.collector.needs_qmp and due(p, state, facts)
-                for call in p.collector.qmp_wants(view, prev.get(p.collector.name))
+                for c in collectors
+                if c.needs_qmp and can_run(c, facts)
+                for call in c.qmp_wants(view, prev.get(c.name))
             ]
 
         def qga_wants(facts: VmFacts) -> list[str]:
             view, prev = VmView(spec, config, facts, NO_REPLIES, NOT_COUNTED), previous()
             return [
                 command
-                for p in plans
-                if due(p, state, facts)
-                for command in p.collector.qga_wants(view, prev.get(p.collector.name))
+                for c in collectors
+                if can_run(c, facts)
+                for command in c.qga_wants(view, prev.get(c.name))
             ]
 
         return CyclePlan(state.cycles, qmp_wants, qga_wants)
 
     async def collect_vm(self, state: VmState) -> list[Datum]:
         timestamp = time.time()  # the datums' time: this cycle's start for the VM
-        outcome = await state.session.run_cycle(self._plan(state))
+        turn = self._turn(state)
+        outcome = await state.session.run_cycle(self._plan(state, turn))
         if state.process != state.session.process:  # a new QEMU process: re-prime
             state.prev.clear()
             state.process = state.session.process
@@ -227,8 +232,8 @@ class Scheduler:
         datums: list[Datum] = []
         emitters: dict[int, Emitter] = {}  # by resolution, all appending to `datums`
         failed = False
-        for plan in self.plans:
-            if self._due(plan, state, outcome.facts):
+        for plan in turn:
+            if self._can_run(plan.collector, outcome.facts):
                 out = emitters.get(plan.resolution)
                 if out is None:
                     out = Emitter(self.namespaces, timestamp, plan.resolution, datums)

@@ -57,6 +57,9 @@ def parse_metadata(data: bytes) -> VmMetadata:
     return VmMetadata(text("image_id"), text("instance_type"), text("autoscaling_group"))
 
 
+NO_METADATA = VmMetadata()
+
+
 class MetadataFiles:
     """Reads `hypervisor.instance_metadata` per VM, again only when the file changes."""
 
@@ -66,7 +69,7 @@ class MetadataFiles:
 
     def get(self, instance_id: str) -> VmMetadata:
         if not self.template:
-            return VmMetadata()
+            return NO_METADATA
         path = self.template.format(instance_id=instance_id)
         try:
             st = os.stat(path)
