@@ -30,6 +30,16 @@ class MetricSpec:
     source: str
     semantics: str
     optional_dimensions: tuple[str, ...] = ()  # dimensions that config may drop
+    # "total": the value is an amount over its period (summed when periods are combined, as
+    # in basic monitoring's 5-minute windows); "gauge": a level or ratio at or over its
+    # period (averaged when combined).
+    kind: str = "total"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("total", "gauge"):
+            raise ValueError(f"{self.name}: kind must be total or gauge")
+        if self.unit == "Percent" and self.kind != "gauge":
+            raise ValueError(f"{self.name}: a percentage is never an amount: kind='gauge'")
 
 
 _EC2 = ("InstanceId",)
@@ -43,8 +53,10 @@ _DISKIO = ("InstanceId", "name")
 _NET = ("InstanceId", "interface")
 
 
-def _guest(name: str, unit: str, dims: tuple[str, ...], source: str, semantics: str) -> MetricSpec:
-    return MetricSpec(name, Family.GUEST, unit, dims, source, semantics)
+def _guest(
+    name: str, unit: str, dims: tuple[str, ...], source: str, semantics: str, kind: str = "total"
+) -> MetricSpec:
+    return MetricSpec(name, Family.GUEST, unit, dims, source, semantics, kind=kind)
 
 
 _CPU_FIELDS = {
@@ -69,6 +81,7 @@ _GUEST_ROWS = (
             f"Share of CPU time in {what} over the period, per CPU (cpuN) and overall "
             "(cpu-total); the CloudWatch Agent's denominator: user+system+nice+iowait+irq+"
             "softirq+steal+idle.",
+            kind="gauge",
         )
         for field, what in _CPU_FIELDS.items()
     ),
@@ -78,6 +91,7 @@ _GUEST_ROWS = (
         _CPU,
         "QGA guest-get-cpustats",
         "100 - usage_idle - usage_iowait over the period.",
+        kind="gauge",
     ),
     _guest(
         "diskio_reads",
@@ -134,6 +148,7 @@ _GUEST_ROWS = (
         _DISKIO,
         "QGA guest-get-diskstats",
         "I/O requests in flight when sampled (ios-pgr).",
+        kind="gauge",
     ),
     _guest(
         "net_bytes_sent",
@@ -197,6 +212,7 @@ _GUEST_ROWS = (
         _EC2,
         "QMP balloon guest-stats",
         "stat-total-memory: memory the guest kernel manages.",
+        kind="gauge",
     ),
     _guest(
         "mem_available",
@@ -204,9 +220,17 @@ _GUEST_ROWS = (
         _EC2,
         "QMP balloon guest-stats",
         "stat-available-memory: the guest's MemAvailable.",
+        kind="gauge",
     ),
-    _guest("mem_free", "Bytes", _EC2, "QMP balloon guest-stats", "stat-free-memory."),
-    _guest("mem_cached", "Bytes", _EC2, "QMP balloon guest-stats", "stat-disk-caches: page cache."),
+    _guest("mem_free", "Bytes", _EC2, "QMP balloon guest-stats", "stat-free-memory.", kind="gauge"),
+    _guest(
+        "mem_cached",
+        "Bytes",
+        _EC2,
+        "QMP balloon guest-stats",
+        "stat-disk-caches: page cache.",
+        kind="gauge",
+    ),
     _guest(
         "mem_used",
         "Bytes",
@@ -214,6 +238,7 @@ _GUEST_ROWS = (
         "QMP balloon guest-stats",
         "total - free - cached (the CloudWatch Agent's used; the balloon reports no "
         "buffers figure).",
+        kind="gauge",
     ),
     _guest(
         "mem_used_percent",
@@ -221,6 +246,7 @@ _GUEST_ROWS = (
         _EC2,
         "QMP balloon guest-stats",
         "mem_used / mem_total * 100.",
+        kind="gauge",
     ),
     _guest(
         "mem_available_percent",
@@ -228,12 +254,15 @@ _GUEST_ROWS = (
         _EC2,
         "QMP balloon guest-stats",
         "mem_available / mem_total * 100.",
+        kind="gauge",
     ),
 )
 
 
-def _self(name: str, unit: str, semantics: str, dims: tuple[str, ...] = ()) -> MetricSpec:
-    return MetricSpec(name, Family.SELF, unit, dims, "the agent itself", semantics)
+def _self(
+    name: str, unit: str, semantics: str, dims: tuple[str, ...] = (), kind: str = "total"
+) -> MetricSpec:
+    return MetricSpec(name, Family.SELF, unit, dims, "the agent itself", semantics, kind=kind)
 
 
 CATALOG: dict[str, MetricSpec] = {
@@ -248,6 +277,7 @@ CATALOG: dict[str, MetricSpec] = {
             "QEMU process CPU time (all threads, incl. emulation and I/O) over wall time "
             "and vCPU count in the period, capped at 100; with hypervisor.ec2.cpu_source "
             "vcpu_threads, the vCPU threads' time only (schedstat).",
+            kind="gauge",
         ),
         MetricSpec(
             "CPUStealPercent",
@@ -257,6 +287,7 @@ CATALOG: dict[str, MetricSpec] = {
             "/proc/<qemu pid>/task/<vCPU tid>/schedstat",
             "Time the vCPU threads were runnable but waiting for a host CPU, over their "
             "capacity (period x vCPUs): the host-side view of steal. Not an AWS metric.",
+            kind="gauge",
         ),
         MetricSpec(
             "GuestVCPUsOnline",
@@ -265,6 +296,7 @@ CATALOG: dict[str, MetricSpec] = {
             _EC2,
             "QGA guest-get-vcpus",
             "vCPUs the guest has online (sent with the cpu plugin). Not an AWS metric.",
+            kind="gauge",
         ),
         MetricSpec(
             "NetworkIn",
@@ -337,6 +369,7 @@ CATALOG: dict[str, MetricSpec] = {
             _EC2,
             "QMP + guest agent",
             "1 if either status check failed in this cycle, else 0.",
+            kind="gauge",
         ),
         MetricSpec(
             "StatusCheckFailed_System",
@@ -346,6 +379,7 @@ CATALOG: dict[str, MetricSpec] = {
             "QMP",
             "1 if QMP is unreachable or QEMU is in an error state (internal-error, "
             "io-error, shutdown), else 0.",
+            kind="gauge",
         ),
         MetricSpec(
             "StatusCheckFailed_Instance",
@@ -354,6 +388,7 @@ CATALOG: dict[str, MetricSpec] = {
             _EC2,
             "QMP query-status + guest agent",
             "1 if the guest panicked, or its guest agent is expected but did not answer, else 0.",
+            kind="gauge",
         ),
         MetricSpec(
             "VolumeReadOps",
@@ -423,6 +458,7 @@ CATALOG: dict[str, MetricSpec] = {
             "Average outstanding requests over the period: QEMU's own avg_rd_queue_depth + "
             "avg_wr_queue_depth (timed_stats) when the drive has stats-intervals, else by "
             "Little's law: (d rd_total_time_ns + d wr_total_time_ns) / period_ns.",
+            kind="gauge",
         ),
         MetricSpec(
             "disk_used_percent",
@@ -433,6 +469,7 @@ CATALOG: dict[str, MetricSpec] = {
             "used / (used + available to unprivileged users) * 100, as df and the "
             "CloudWatch Agent compute it.",
             _DEVICE,
+            kind="gauge",
         ),
         MetricSpec(
             "disk_free",
@@ -443,6 +480,7 @@ CATALOG: dict[str, MetricSpec] = {
             "Free bytes: f_bfree*f_frsize when qemu-ga reports total-bytes-privileged "
             "(9.1+), else bytes available to unprivileged users.",
             _DEVICE,
+            kind="gauge",
         ),
         MetricSpec(
             "disk_total",
@@ -452,6 +490,7 @@ CATALOG: dict[str, MetricSpec] = {
             "QGA guest-get-fsinfo",
             "Filesystem size: total-bytes-privileged (9.1+), else used + available.",
             _DEVICE,
+            kind="gauge",
         ),
         MetricSpec(
             "disk_used",
@@ -461,6 +500,7 @@ CATALOG: dict[str, MetricSpec] = {
             "QGA guest-get-fsinfo",
             "Used bytes: (f_blocks - f_bfree) * f_frsize.",
             _DEVICE,
+            kind="gauge",
         ),
         *_GUEST_ROWS,
         _self("DatumsCollected", "Count", "Datums collected from VMs in the period."),
@@ -475,15 +515,23 @@ CATALOG: dict[str, MetricSpec] = {
         _self("ApiCalls", "Count", "PutMetricData calls in the period."),
         _self("ApiErrors", "Count", "PutMetricData calls that failed in the period."),
         _self("BreakerOpens", "Count", "Times the circuit breaker opened in the period."),
-        _self("SpoolBytes", "Bytes", "Bytes in the disk spool at the end of the period."),
-        _self("SpoolPendingDatums", "Count", "Datums waiting for the endpoint (disk and memory)."),
+        _self(
+            "SpoolBytes", "Bytes", "Bytes in the disk spool at the end of the period.", kind="gauge"
+        ),
+        _self(
+            "SpoolPendingDatums",
+            "Count",
+            "Datums waiting for the endpoint (disk and memory).",
+            kind="gauge",
+        ),
         _self(
             "SpoolOldestAge",
             "Seconds",
             "Age of the oldest datum waiting for the endpoint (0 when none waits).",
+            kind="gauge",
         ),
-        _self("CycleDuration", "Seconds", "Wall time of the last collection cycle."),
-        _self("VmsSeen", "Count", "VMs found by discovery in the last cycle."),
+        _self("CycleDuration", "Seconds", "Wall time of the last collection cycle.", kind="gauge"),
+        _self("VmsSeen", "Count", "VMs found by discovery in the last cycle.", kind="gauge"),
         _self(
             "QmpTimeouts",
             "Count",

@@ -7,7 +7,9 @@
 - Basic (`period_seconds` 300, or `"basic"`): EC2 datums are gathered into 5-minute windows
   aligned to the clock and sent once per window, timestamped at the window start, carrying the
   window's samples (`Datum.samples`): a statistic set where the endpoint takes one, else the
-  values, else one value (the sum for per-period totals, the mean for percentages).
+  values, else one value: the window's sum for a per-period total (NetworkIn, DiskReadOps),
+  the mean for a gauge (CPUUtilization, GuestVCPUsOnline), as the catalog says of each
+  metric (`MetricSpec.kind`).
 - Status checks go every cycle in both tiers; EBS metrics are per minute for every volume.
 """
 
@@ -20,7 +22,6 @@ from hiveagent.catalog import CATALOG, Family
 from hiveagent.model import Datum
 
 BASIC_WINDOW_S = 300
-MEAN_UNITS = frozenset({"Percent"})  # aggregated by mean; the rest are per-period totals
 
 
 def tier(period_s: int | None, default: str) -> str:
@@ -44,7 +45,9 @@ def aggregate(window: float, samples: list[Datum]) -> Datum:
     first = samples[0]
     values = tuple(d.value for d in samples)
     total = math.fsum(values)
-    value = total / len(values) if first.unit in MEAN_UNITS else total
+    spec = CATALOG.get(first.name)
+    gauge = spec is not None and spec.kind == "gauge"
+    value = total / len(values) if gauge else total
     return first._replace(timestamp=window, value=value, samples=values, storage_resolution=60)
 
 

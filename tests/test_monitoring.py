@@ -63,6 +63,24 @@ def test_drain_and_means() -> None:
     assert w.drain() == []
 
 
+def test_gauges_are_averaged_totals_summed() -> None:
+    """A 5-minute basic-monitoring value combines the window's 1-minute values by the metric's
+    kind: an amount per period adds up (NetworkPacketsIn, a Count: 1+2+3+4+5 packets in five
+    minutes are 15), a level does not (GuestVCPUsOnline, also a Count: 2 vCPUs online in each
+    minute are 2 vCPUs online over the five, not 10)."""
+    w = BasicWindows()
+    base = 1_800_000_000.0
+    for minute in range(5):
+        ts = base + 10 + minute * 60
+        w.add([d("GuestVCPUsOnline", 2, ts, "Count"),
+               d("NetworkPacketsIn", minute + 1, ts, "Count")])  # fmt: skip
+    got = {x.name: x for x in w.drain()}
+    assert got["GuestVCPUsOnline"].value == 2.0
+    assert got["GuestVCPUsOnline"].samples == (2.0,) * 5
+    assert got["NetworkPacketsIn"].value == 15.0
+    assert to_metric_datum(got["GuestVCPUsOnline"], "single_values")["Value"] == 2.0
+
+
 def test_detailed_copies() -> None:
     src = [d("CPUUtilization", 5, 1.0, "Percent"), d("StatusCheckFailed", 0, 1.0, "Count")]
     out = detailed_copies(src, "ami-1", None)
