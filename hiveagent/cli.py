@@ -18,7 +18,7 @@ from hiveagent.config import Config, ConfigError, load_config
 from hiveagent.daemon import Daemon, redact_url
 from hiveagent.model import Datum
 from hiveagent.pipeline import Pipeline
-from hiveagent.scheduler import Scheduler
+from hiveagent.scheduler import Scheduler, interval_warnings
 
 log = logging.getLogger("hiveagent")
 
@@ -81,6 +81,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 f"warning: $.{where}: {ns!r} is a reserved namespace; AWS CloudWatch and "
                 "private clouds such as Spinifex reject PutMetricData to AWS/ namespaces"
             )
+    for warning in interval_warnings(config):
+        print(f"warning: {warning}")
     print(
         f"  discovery: spinifex {config.spinifex_run_dir or 'off'}, "
         f"generic patterns {len(config.generic)}"

@@ -29,7 +29,7 @@ from hiveagent.ledger import DropLedger
 from hiveagent.observe import Observation, SelfMetrics, observe, prometheus_text
 from hiveagent.pipeline import Pipeline
 from hiveagent.publisher import Publisher
-from hiveagent.scheduler import Scheduler, settle_memory
+from hiveagent.scheduler import Scheduler, interval_warnings, settle_memory
 from hiveagent.spool import Spool
 from hiveagent.status_server import StatusServer
 from hiveagent.systemd import Notifier
@@ -148,6 +148,8 @@ class Daemon:
         self.spool.open()
         if self.config.status_server.enabled:
             await self._start_status_server()
+        for warning in interval_warnings(self.config):
+            log.warning("%s", warning)
         log.info(
             "hiveagent %s running: interval %d s, endpoint %s, spool %s",
             __version__,

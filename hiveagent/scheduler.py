@@ -81,6 +81,40 @@ class CollectorPlan:
     resolution: int
 
 
+def cycles_per_sample(plugin_interval_s: int | None, agent_interval_s: int) -> int:
+    """Every how many cycles a plugin with its own metrics_collection_interval is sampled: the
+    nearest whole number of agent cycles, at least one (a shorter interval than the agent's
+    cannot be sampled more often than the agent collects)."""
+    if not plugin_interval_s or plugin_interval_s <= agent_interval_s:
+        return 1
+    return max(1, round(plugin_interval_s / agent_interval_s))
+
+
+def interval_warnings(config: Config) -> list[str]:
+    """A plugin's metrics_collection_interval that cannot be honoured as written: shorter than
+    the agent's (sampled every agent cycle) or not a whole number of agent cycles (rounded)."""
+    out = []
+    agent = config.interval_s
+    for plugin in ("cpu", "disk", "diskio", "net", "mem"):
+        section = getattr(config, plugin)
+        own = section.interval_s if section is not None else None
+        if not own or own == agent:
+            continue
+        every = cycles_per_sample(own, agent)
+        where = f"$.metrics.metrics_collected.{plugin}.metrics_collection_interval"
+        if own < agent:
+            out.append(
+                f"{where}: {own} s is shorter than the agent's interval ({agent} s): sampled "
+                f"every {agent} s, at the resolution of {agent} s"
+            )
+        elif every * agent != own:
+            out.append(
+                f"{where}: {own} s is not a whole number of agent cycles ({agent} s): "
+                f"sampled every {every * agent} s"
+            )
+    return out
+
+
 def count_timeout(state: VmState, exc: Exception) -> None:
     """Per-VM QMP and guest agent timeouts (the QmpTimeouts/QgaTimeouts self-metrics)."""
     if isinstance(exc, QmpTimeout):
@@ -106,9 +140,10 @@ class Scheduler:
         chosen = collectors or [c for c in (cls() for cls in REGISTRY) if c.enabled(config)]
         self.plans: list[CollectorPlan] = []
         for collector in chosen:
-            own = collector.interval_s(config)
-            every = max(1, round(own / config.interval_s)) if own and own > config.interval_s else 1
-            resolution = resolution_of(own or config.interval_s)
+            every = cycles_per_sample(collector.interval_s(config), config.interval_s)
+            # The resolution of what is really sampled: a plugin interval shorter than the
+            # agent's is sampled every cycle, so at the agent's interval.
+            resolution = resolution_of(every * config.interval_s)
             self.plans.append(CollectorPlan(collector, every, resolution))
 
     @property

@@ -18,7 +18,7 @@ from hiveagent.collector import Collector, Emitter, VmView
 from hiveagent.config import parse_config
 from hiveagent.cycle import NotAsked, QmpCall, Replies, VmFacts, qmp_key
 from hiveagent.model import VmSpec
-from hiveagent.scheduler import Scheduler, VmState
+from hiveagent.scheduler import Scheduler, VmState, interval_warnings
 from hiveagent.vm import VmSession
 from qga.client import parse_guest_info
 
@@ -117,3 +117,34 @@ def test_reading_past_the_wants_is_a_counted_bug() -> None:
     assert scheduler.stats["collector_bugs.rogue"] == 1 and state.errors["rogue"] == 1
     assert state.last_error is not None and "query-pci" in state.last_error
     assert out.datums == [] and "rogue" not in state.prev
+
+
+@pytest.mark.parametrize(
+    ("agent_s", "plugin_s", "every", "resolution"),
+    [
+        (60, 10, 1, 60),  # sampled every 60 s, whatever the plugin asks: standard resolution
+        (60, 120, 2, 60),
+        (10, 30, 3, 1),  # every 30 s: high resolution (CloudWatch's 1 is for < 60 s)
+        (10, 5, 1, 1),
+        (30, 90, 3, 60),
+    ],
+)
+def test_plugin_interval_sets_cadence_and_resolution(
+    agent_s: int, plugin_s: int, every: int, resolution: int
+) -> None:
+    """StorageResolution follows how often the data is really sampled (AWS: 1 for metrics
+    sampled more often than once a minute, else 60), not the interval the plugin asked for."""
+    config = parse_config({
+        "agent": {"metrics_collection_interval": agent_s},
+        "metrics": {"metrics_collected": {"cpu": {"metrics_collection_interval": plugin_s}}},
+    })  # fmt: skip
+    [plan] = [p for p in Scheduler(config).plans if p.collector.name == "guest_cpu"]
+    assert (plan.every, plan.resolution) == (every, resolution)
+    warned = interval_warnings(config)
+    assert bool(warned) == (plugin_s < agent_s or plugin_s % agent_s != 0)
+    if plugin_s < agent_s:
+        assert warned == [
+            f"$.metrics.metrics_collected.cpu.metrics_collection_interval: {plugin_s} s is "
+            f"shorter than the agent's interval ({agent_s} s): sampled every {agent_s} s, at "
+            f"the resolution of {agent_s} s"
+        ]
