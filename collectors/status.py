@@ -1,4 +1,8 @@
-"""StatusCheckFailed, _System and _Instance: 0 or 1 every cycle, in both monitoring tiers.
+"""StatusCheckFailed, _System and _Instance: 0 or 1 every cycle, in both monitoring tiers, for a
+VM that runs. AWS runs status checks on running instances only: a stopped one reports none. So
+a VM whose guest is off (`shutdown`: powered off with QEMU kept, `-no-shutdown`), not started
+yet (`prelaunch`, `inmigrate`) or moved away (`postmigrate`) reports no status checks at all;
+paused is running for this purpose (a paused VM passes).
 
 _System: QMP unreachable (connect or command failed) or QEMU in `internal-error` / `io-error`.
 _Instance: the guest panicked (`guest-panicked`), or its guest agent is expected (it answered
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from hiveagent.collector import Collector, Emitter, VmView
 
 SYSTEM_FAILED_STATES = frozenset({"internal-error", "io-error"})
+NOT_RUNNING_STATES = frozenset({"shutdown", "prelaunch", "inmigrate", "postmigrate"})
 INSTANCE_FAILED_STATES = frozenset({"guest-panicked"})
 
 
@@ -24,8 +29,11 @@ class StatusSample:
     qga_ok: bool
 
 
-def status_checks(s: StatusSample) -> tuple[int, int]:
-    """(system_failed, instance_failed), each 0 or 1."""
+def status_checks(s: StatusSample) -> tuple[int, int] | None:
+    """(system_failed, instance_failed), each 0 or 1; None when the instance does not run
+    (no status checks, as for a stopped EC2 instance)."""
+    if s.qmp_ok and s.run_status in NOT_RUNNING_STATES:
+        return None
     system = int(not s.qmp_ok or s.run_status in SYSTEM_FAILED_STATES)
     instance = int(
         s.qmp_ok and (s.run_status in INSTANCE_FAILED_STATES or (s.qga_expected and not s.qga_ok))
@@ -50,10 +58,13 @@ class Status(Collector[StatusSample]):
         )
 
     def emit(self, prev: StatusSample | None, cur: StatusSample, vm: VmView, out: Emitter) -> None:
-        system, instance = status_checks(cur)
-        checks = {
+        checks = status_checks(cur)
+        if checks is None:
+            return
+        system, instance = checks
+        values = {
             "StatusCheckFailed_System": system,
             "StatusCheckFailed_Instance": instance,
             "StatusCheckFailed": max(system, instance),
         }
-        out.emit_all(checks, {"InstanceId": vm.spec.instance_id})
+        out.emit_all(values, {"InstanceId": vm.spec.instance_id})

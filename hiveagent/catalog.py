@@ -378,7 +378,8 @@ CATALOG: dict[str, MetricSpec] = {
             _EC2,
             "QMP",
             "1 if QMP is unreachable or QEMU is in an error state (internal-error, "
-            "io-error, shutdown), else 0.",
+            "io-error), else 0. Like every status check, not sent while the VM does not run "
+            "(shutdown, prelaunch, inmigrate, postmigrate): AWS checks running instances only.",
             kind="gauge",
         ),
         MetricSpec(

@@ -186,9 +186,16 @@ def test_network_totals_are_reversed_and_summed() -> None:
         (StatusSample(True, "running", True, False), (0, 1)),
         (StatusSample(True, "running", False, False), (0, 0)),  # agent never seen: not expected
         (StatusSample(True, "paused", False, False), (0, 0)),
+        # AWS checks running instances only: a powered-off guest (QEMU kept by -no-shutdown),
+        # one not started yet or migrated away reports no status check at all.
+        (StatusSample(True, "shutdown", True, False), None),
+        (StatusSample(True, "prelaunch", False, False), None),
+        (StatusSample(True, "inmigrate", False, False), None),
+        (StatusSample(True, "postmigrate", True, False), None),
+        (StatusSample(False, None, True, False), (1, 0)),  # QEMU gone: the host side failed
     ],
 )
-def test_status_checks(sample: StatusSample, expected: tuple[int, int]) -> None:
+def test_status_checks(sample: StatusSample, expected: tuple[int, int] | None) -> None:
     assert status_checks(sample) == expected
 
 
