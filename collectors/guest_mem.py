@@ -3,7 +3,10 @@
 driver reports (`guest-stats-polling-interval` > 0).
 
 A stat the guest did not report is 2^64-1 and means "no data"; `last-update` 0 means the guest
-never reported: neither becomes a value. mem_used = total - free - cached (the CloudWatch
+never reported: neither becomes a value. `last-update` is the host's epoch time of the guest's
+last report: stats older than two of the plugin's periods when sampled (a guest whose driver
+stopped reporting, a paused VM) are not this period's, and are not sent (counted as
+`mem.stale`). mem_used = total - free - cached (the CloudWatch
 Agent's used minus buffers, which the balloon does not report).
 
 The VM session finds the balloon (hiveagent.qom) and, with
@@ -13,6 +16,7 @@ guest-stats-polling-interval) on a balloon that has it off; without it, it never
 
 from __future__ import annotations
 
+import time
 from typing import Any, NamedTuple
 
 from hiveagent.collector import Collector, Emitter, VmView
@@ -29,10 +33,11 @@ class MemSample(NamedTuple):
     free: int | None
     available: int | None
     cached: int | None  # stat-disk-caches
-    last_update: int  # guest time of the guest's last report, seconds
+    last_update: int  # host epoch seconds of the guest's last report
+    sampled_at: float = 0.0  # host epoch seconds when the agent read them
 
 
-def parse_guest_stats(reply: Any) -> MemSample | None:
+def parse_guest_stats(reply: Any, sampled_at: float = 0.0) -> MemSample | None:
     """None when the guest never reported (last-update 0) or the reply is unusable."""
     if not isinstance(reply, dict):
         return None
@@ -43,7 +48,12 @@ def parse_guest_stats(reply: Any) -> MemSample | None:
     total, free, available, cached = (
         v if v.__class__ is int and 0 <= v < UNSET else None for v in values
     )
-    return MemSample(total, free, available, cached, last)
+    return MemSample(total, free, available, cached, last, sampled_at)
+
+
+def is_stale(s: MemSample, period_s: float) -> bool:
+    """The guest's last report is older than two periods at sampling: not this period's."""
+    return s.sampled_at - s.last_update > 2 * period_s
 
 
 def mem_values(s: MemSample) -> dict[str, float]:
@@ -76,12 +86,17 @@ class GuestMem(Collector[MemSample | None]):
         path = vm.facts.balloon
         if path is None:
             return None
-        return parse_guest_stats(vm.qmp_reply("qom-get", {"path": path, "property": "guest-stats"}))
+        reply = vm.qmp_reply("qom-get", {"path": path, "property": "guest-stats"})
+        return parse_guest_stats(reply, time.time())
 
     def emit(self, prev: MemSample | None, cur: MemSample | None, vm: VmView, out: Emitter) -> None:
         plugin = vm.config.mem
         assert plugin is not None
         if cur is None:
+            return
+        period = max(plugin.interval_s or 0, vm.config.interval_s)
+        if is_stale(cur, period):
+            vm.rejected["mem.stale"] += 1
             return
         dims = {"InstanceId": vm.spec.instance_id}
         out.emit_all({n: v for n, v in mem_values(cur).items() if n in plugin.metrics}, dims)

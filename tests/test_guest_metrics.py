@@ -13,7 +13,7 @@ from collectors.blockstats import BlockCounters
 from collectors.guest_cpu import CpuSample, GuestCpu, cpu_usage, parse_cpustats, total_of
 from collectors.guest_disk import GuestDisk, parse_fsinfo
 from collectors.guest_diskio import GuestDiskio, parse_diskstats
-from collectors.guest_mem import UNSET, mem_values, parse_guest_stats
+from collectors.guest_mem import UNSET, GuestMem, mem_values, parse_guest_stats
 from collectors.guest_net import GuestNet, parse_interfaces
 from hiveagent.collector import Emitter, VmView
 from hiveagent.config import parse_config
@@ -135,6 +135,23 @@ def test_mem_from_recorded_balloon_stats() -> None:
     assert v["mem_used"] == 213463040 - 163909632 - 16703488
     assert v["mem_used_percent"] == pytest.approx(100 * v["mem_used"] / 213463040)
     assert v["mem_available_percent"] == pytest.approx(100 * 172027904 / 213463040)
+
+
+def test_stale_balloon_stats_are_not_sent() -> None:
+    """The balloon's last-update is the host epoch time of the guest's last report. A guest
+    that stopped reporting (or a paused VM) leaves it behind: stats older than two of the
+    plugin's periods when read are not this period's, so no mem_* is sent (counted); fresh ones
+    are sent."""
+    reply = recorded("qmp-qom-get-balloon0-guest-stats")
+    last = reply["last-update"]
+    view = ctx_for({"mem": {}})  # the agent's 60 s interval
+    for read_at, sent in ((last + 5, True), (last + 120, True), (last + 121, False)):
+        sample = parse_guest_stats(reply, sampled_at=read_at)
+        out = Emitter.for_config(view.config, 1.0)
+        view.rejected.clear()
+        GuestMem().emit(sample, sample, view, out)
+        assert bool(out.datums) == sent, read_at - last
+        assert view.rejected == (Counter() if sent else Counter({"mem.stale": 1}))
 
 
 def test_mem_no_data_is_never_a_value() -> None:
