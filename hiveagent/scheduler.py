@@ -14,6 +14,7 @@ import gc
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 # (exception tracebacks) waits at most this many allocations, a few MiB.
 GC_YOUNG_THRESHOLD = 20_000
 
+# A collector's delta over more than this many of its periods is not reported as one period
+# (re-primed instead). Up to 2.5 lets one skipped tick (a cycle that overran its interval, a
+# period of 2) through as a period.
+GAP_PERIODS = 2.5
 # What a collector's wants see: no replies yet, and nothing to count.
 NO_REPLIES = Replies()
 NOT_COUNTED: Counter[str] = Counter()
@@ -66,6 +71,7 @@ class VmState:
     last_error: str | None = None
     errors: Counter[str] = field(default_factory=Counter)
     cycles: int = 0  # collections of this VM so far (per-plugin intervals count in these)
+    sampled_at: dict[str, float] = field(default_factory=dict)  # collector -> last sample, s
 
     @property
     def spec(self) -> VmSpec:
@@ -124,7 +130,13 @@ def count_timeout(state: VmState, exc: Exception) -> None:
 
 
 class Scheduler:
-    def __init__(self, config: Config, collectors: list[Collector[Any]] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        collectors: list[Collector[Any]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock  # monotonic seconds: when samples are taken, for gaps
         self.vms: dict[str, VmState] = {}
         self.discovery_problems: list[str] = []
         self.stats: Counter[str] = Counter()
@@ -255,10 +267,13 @@ class Scheduler:
 
     async def collect_vm(self, state: VmState) -> list[Datum]:
         timestamp = time.time()  # the datums' time: this cycle's start for the VM
+        now = self.clock()
         turn = self._turn(state)
+        self._forget_after_gaps(state, turn, now)
         outcome = await state.session.run_cycle(self._plan(state, turn))
         if state.process != state.session.process:  # a new QEMU process: re-prime
             state.prev.clear()
+            state.sampled_at.clear()
             state.process = state.session.process
         self._count_failures(state, outcome)
         view = VmView(state.spec, self.config, outcome.facts, outcome.replies, Counter())
@@ -273,12 +288,38 @@ class Scheduler:
                 if out is None:
                     out = Emitter(self.namespaces, timestamp, plan.resolution, datums)
                     emitters[plan.resolution] = out
-                failed |= not self._run_collector(plan.collector, state, view, out)
+                if self._run_collector(plan.collector, state, view, out):
+                    state.sampled_at[plan.collector.name] = now
+                else:
+                    failed = True
         self._count_rejections(state, view)
         if outcome.qmp_failure is None and outcome.qga_failure is None and not failed:
             state.last_error = None
         state.cycles += 1
         return datums
+
+    def _forget_after_gaps(self, state: VmState, turn: list[CollectorPlan], now: float) -> None:
+        """A collector whose last sample is more than GAP_PERIODS of its periods old (QMP or
+        the guest agent was down, the VM's collection overran, a sample failed) starts again
+        from its next sample: a delta over the gap would be reported as one period (a 600 s
+        gap as one 60 s VolumeIdleTime of 600). Counted per VM as `gap.<collector>`."""
+        for plan in turn:
+            name = plan.collector.name
+            last = state.sampled_at.get(name)
+            period = plan.every * self.config.interval_s
+            if last is None or now - last <= GAP_PERIODS * period or name not in state.prev:
+                continue
+            del state.prev[name]
+            state.errors[f"gap.{name}"] += 1
+            self.stats["reprimed_after_gap"] += 1
+            log.warning(
+                "vm %s: %s: %.0f s since its last sample (period %d s): not reported as one "
+                "period; counters start again",
+                state.spec.instance_id,
+                name,
+                now - last,
+                period,
+            )
 
     def _count_failures(self, state: VmState, outcome: CycleOutcome) -> None:
         for kind, exc in (("qmp", outcome.qmp_failure), ("qga", outcome.qga_failure)):

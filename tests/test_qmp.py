@@ -233,3 +233,43 @@ def test_run_status_follows_qemu_events(harness: Any) -> None:
             await agent.close()
 
     asyncio.run(go())
+
+
+def test_a_gap_is_not_reported_as_one_period(harness: Any) -> None:
+    """A datum is one period's value (60 s for detailed EC2/EBS metrics). After a 600 s gap
+    (QMP or the guest agent down, a collector failing), the next delta spans ten periods: it
+    must start the counters again, counted, instead of landing as one VolumeIdleTime of 600 or
+    one period's DiskWriteBytes. The scheduler's clock is driven by the test; the VM is a real
+    guest-less QEMU."""
+    vm = harness.launch_vm(53, boot_guest=False, volumes=((8, False),))
+    cfg = {
+        "agent": {"metrics_collection_interval": 60},
+        "hypervisor": {
+            "discovery": {"spinifex": {"run_dir": str(harness.run_dir)}},
+            "qga": {"enabled": False},
+        },
+    }
+    now = [1000.0]
+    agent = Collection(parse_config(cfg))
+    agent.scheduler.clock = lambda: now[0]
+
+    def volume_datums(datums: list[Any]) -> list[str]:
+        vol = vm.volumes[0].volume_id
+        return sorted(d.name for d in datums if ("VolumeId", vol) in d.dimensions)
+
+    async def go() -> list[list[str]]:
+        out = []
+        try:
+            for t in (1000.0, 1060.0, 1660.0, 1720.0):  # prime, a period, a gap, a period
+                now[0] = t
+                out.append(volume_datums(await agent.cycle()))
+        finally:
+            await agent.close()
+        return out
+
+    primed, period, after_gap, next_period = asyncio.run(go())
+    assert primed == [] and after_gap == []
+    assert "VolumeIdleTime" in period and period == next_period
+    state = agent.vms[vm.instance_id]
+    assert state.errors["gap.blockstats"] == 1 and state.errors["gap.process_cpu"] == 1
+    assert agent.scheduler.stats["reprimed_after_gap"] >= 2
