@@ -9,7 +9,6 @@ VolumeIdleTime's best estimate uses the guest's own busy time for the disk behin
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -223,8 +222,8 @@ class BlockStats(Collector[BlockSample]):
     def sample(self, vm: VmView, prev: BlockSample | None) -> BlockSample:
         pid = vm.facts.pid
         assert pid is not None
-        mono_s = time.monotonic()
         reply = vm.qmp_reply("query-blockstats")
+        mono_s = vm.replies.qmp_at  # the counters' time: when QEMU answered
         devices = parse_blockstats(reply, vm.config.limits.max_block_devices, vm.rejected)
         idle = {k: v for k, v in parse_idle_ns(reply).items() if k in devices}
         timed = {k: v for k, v in parse_timed_depth(reply).items() if k in devices}

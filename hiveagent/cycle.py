@@ -46,6 +46,10 @@ class Replies:
 
     qmp: dict[QmpCall, Any] = field(default_factory=dict)
     qga: dict[str, Any] = field(default_factory=dict)
+    # time.monotonic() when the QMP replies, and the guest agent replies, came back: the time
+    # a counter read through them belongs to (not when a collector gets to it)
+    qmp_at: float = 0.0
+    qga_at: float = 0.0
 
 
 @dataclass(frozen=True)

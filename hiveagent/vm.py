@@ -12,6 +12,7 @@ happen here, at connect. Errors are returned as facts, never counted here: the s
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -241,6 +242,7 @@ class VmSession:
         if ask_status:
             calls.insert(0, qmp_key("query-status"))
         results = await self.qmp.execute_all([(c, dict(a) if a else None) for c, a in calls])
+        replies.qmp_at = time.monotonic()
         replies.qmp.clear()
         replies.qmp.update(zip(calls, results, strict=True))
         for reply in results:
@@ -284,6 +286,7 @@ class VmSession:
             # Always at least the resync (when nothing is wanted): it proves the guest agent
             # answers, which the instance status check needs.
             results = await client.execute_many(wanted)
+            replies.qga_at = time.monotonic()
             replies.qga.update(zip(wanted, results, strict=True))
         except QgaError as exc:
             self.guest_info = None

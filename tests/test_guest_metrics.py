@@ -17,7 +17,7 @@ from collectors.guest_mem import UNSET, GuestMem, mem_values, parse_guest_stats
 from collectors.guest_net import GuestNet, parse_interfaces
 from hiveagent.collector import Emitter, VmView
 from hiveagent.config import parse_config
-from hiveagent.cycle import Replies, VmFacts
+from hiveagent.cycle import Replies, VmFacts, qmp_key
 from hiveagent.model import VmSpec
 
 
@@ -291,3 +291,26 @@ def test_idle_time_from_guest_busy_time() -> None:
     assert idle_time_s(busy, 60.0, None, guest_busy_ms=90_000) == 0.0  # clipped
     no_io = busy._replace(rd_operations=0, wr_operations=0)
     assert idle_time_s(no_io, 60.0, None, guest_busy_ms=5) == 60.0  # no I/O
+
+
+def test_block_period_is_between_the_replies() -> None:
+    """A counter belongs to the moment QEMU answered, not to when a collector got to it (after
+    the guest agent exchange): the period of VolumeQueueLength's Little's law is the time
+    between the two query-blockstats replies. 30 s of write latency accumulated over a 60 s
+    period is an average queue of 0.5, however late the samples were parsed."""
+    from collectors.blockstats import BlockSample, BlockStats
+
+    reply = recorded("qmp-query-blockstats")
+    later = copy.deepcopy(reply)
+    for entry in later:
+        entry["stats"]["wr_total_time_ns"] += 30_000_000_000
+        entry["stats"]["wr_operations"] += 1
+    view = ctx_for({})
+    samples: list[BlockSample] = []
+    for r, at in ((reply, 1000.0), (later, 1060.0)):
+        view.replies = Replies({qmp_key("query-blockstats"): r}, {}, qmp_at=at)
+        samples.append(BlockStats().sample(view, samples[-1] if samples else None))
+    out = Emitter.for_config(view.config, 1.0)
+    BlockStats().emit(samples[0], samples[1], view, out)
+    queue = [d.value for d in out.datums if d.name == "VolumeQueueLength"]
+    assert queue == [pytest.approx(0.5)] * len(reply)
