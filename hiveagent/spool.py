@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import struct
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -53,7 +54,9 @@ from hiveagent.wire import (
     MAX_DATUMS_PER_REQUEST,
     MAX_REQUEST_BYTES,
     REQUEST_OVERHEAD_BYTES,
+    datum_label,
     datum_wire_size,
+    refusal,
 )
 
 log = logging.getLogger(__name__)
@@ -285,7 +288,7 @@ class Spool:
     def add(self, datums: Iterable[Datum]) -> list[Record]:
         """Spool a cycle's datums: grouped by namespace into records that each fit one request,
         written with one fsync (kept in memory if the disk fails), then audited. Blocking I/O."""
-        ordered = sorted(datums, key=lambda d: d.namespace)
+        ordered = sorted(self._sendable(datums), key=lambda d: d.namespace)
         groups = list(batches(ordered))
         if not groups:
             return []
@@ -297,6 +300,19 @@ class Spool:
                     self.audit.write(json.dumps(d.as_json()) + "\n")
             self.audit.flush()
         return records
+
+    def _sendable(self, datums: Iterable[Datum]) -> list[Datum]:
+        """The datums CloudWatch would take; the others are dropped here, counted by reason
+        (`invalid.<why>`), instead of failing a request later."""
+        now = time.time()
+        out = []
+        for d in datums:
+            why = refusal(d, now)
+            if why is None:
+                out.append(d)
+            else:
+                self.ledger.drop(1, f"invalid.{why}", datum_label(d))
+        return out
 
     def append(self, namespace: str, datums: Sequence[Datum]) -> Record:
         """Write one batch durably as one record, as is. Blocking I/O."""

@@ -17,12 +17,61 @@ REQUEST_OVERHEAD_BYTES = 2_000
 MAX_AGE_S = 14 * 86400 - 600  # the endpoint's limit, with a margin for clock skew
 
 
+MAX_DIMENSIONS = 30
+MAX_NAME_CHARS = 255  # metric and dimension names
+MAX_DIMENSION_VALUE_CHARS = 1024
+MAX_ABS_VALUE = 2.0**360
+MAX_FUTURE_S = 2 * 3600 - 300  # the endpoint's limit, with a margin for clock skew
+
+
+def _text_bytes(text: str) -> int:
+    """An upper bound of a printable string's bytes in either wire protocol: three per UTF-8
+    byte. awsQuery percent-encodes each byte (%XX); AWS JSON 1.0 escapes a non-ASCII character
+    as \\uXXXX (6 bytes for 2 or 3 UTF-8 bytes, 12 for a 4-byte one as a surrogate pair) and
+    an ASCII one in at most 2."""
+    return 3 * (len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass")))
+
+
 def datum_wire_size(d: Datum) -> int:
-    """An upper bound of the bytes one datum takes in a query- or JSON-encoded request."""
-    size = 200 + 3 * len(d.name) + 40 * len(d.samples)
+    """An upper bound of the bytes one datum takes in a query- or JSON-encoded request. The
+    fixed parts are awsQuery's, the larger: each field is keyed in full
+    (`MetricData.member.1000.Dimensions.member.30.Value=...&`, about 50 bytes), the
+    timestamp and numbers percent-encoded; a statistic set is four such fields, value arrays
+    two per distinct value."""
+    size = 320 + _text_bytes(d.name)
+    if d.samples:
+        size += 250 + 130 * len(d.samples)
     for name, value in d.dimensions:
-        size += 80 + 3 * (len(name) + len(value))  # URL-encoding may triple a character
+        size += 120 + _text_bytes(name) + _text_bytes(value)
     return size
+
+
+def refusal(d: Datum, now: float) -> str | None:
+    """Why CloudWatch would refuse this datum at wall-clock `now` (REFERENCE.md section 4), as
+    a drop reason, or None. Age is checked where datums are sent (`MAX_AGE_S`)."""
+    if len(d.dimensions) > MAX_DIMENSIONS:
+        return "too_many_dimensions"
+    if not 0 < len(d.name) <= MAX_NAME_CHARS:
+        return "bad_metric_name"
+    for name, value in d.dimensions:
+        if not 0 < len(name) <= MAX_NAME_CHARS:
+            return "bad_dimension_name"
+        if not 0 < len(value) <= MAX_DIMENSION_VALUE_CHARS:
+            return "bad_dimension_value"
+    for v in (d.value, *d.samples):
+        if not -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE:  # NaN compares false too
+            return "bad_value"
+    if d.timestamp > now + MAX_FUTURE_S:
+        return "future_timestamp"
+    if d.storage_resolution not in (1, 60):
+        return "bad_storage_resolution"
+    return None
+
+
+def datum_label(d: Datum) -> str:
+    """A datum as a log line names it."""
+    dims = ",".join(f"{k}={v}" for k, v in d.dimensions)
+    return f"{d.namespace}/{d.name}{{{dims}}}@{d.timestamp:.3f}={d.value!r}"
 
 
 def to_metric_datum(d: Datum, shape: str = "statistic_sets") -> dict[str, Any]:
