@@ -325,7 +325,7 @@ class Config:
     cpu_source: str = field(metadata=_key("hypervisor.ec2.cpu_source"))
     # EC2 tier when the sidecar does not say (period_seconds)
     monitoring: str = field(metadata=_key("hypervisor.ec2.monitoring"))
-    # basic-monitoring datums: statistic_sets, value_arrays or single_values
+    # basic-monitoring datums: auto, statistic_sets, value_arrays or single_values
     datum_shape: str = field(metadata=_key("metrics.datum_shape"))
     # auto (botocore's choice) | json | query
     wire_protocol: str = field(metadata=_key("metrics.wire_protocol"))
@@ -500,7 +500,7 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
     generic = hyper["discovery"]["generic"]
     timeouts = hyper["qmp"]["timeout_seconds"] + hyper["qga"]["timeout_seconds"]
     spool_dir = hyper["spool"].get("directory", str(Path(hyper["state_dir"]) / "spool"))
-    return _build(
+    config = _build(
         Config,
         filled,
         disk=disk,
@@ -518,6 +518,30 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
         status_server=_build(StatusServerSettings, filled),
         source=source,
     )
+    _check_dimension_counts(config, source)
+    return config
+
+
+MAX_DIMENSIONS = 30  # CloudWatch's limit per datum
+
+
+def _check_dimension_counts(config: Config, source: str) -> None:
+    """Append dimensions that would take a plugin's datums past CloudWatch's 30 dimensions
+    make every such datum a refusal: refused here, naming the keys, instead of at send time."""
+    metrics_wide = {name for name, template in config.append_dimensions}
+    for plugin in ("cpu", "disk", "diskio", "net", "mem"):
+        section: DiskPlugin | GuestPlugin | None = getattr(config, plugin)
+        if section is None:
+            continue
+        own = {name for name, _ in section.shaping.append_dimensions}
+        for metric in section.metrics:
+            dims = set(CATALOG[metric].dimensions) | metrics_wide | own
+            if len(dims) > MAX_DIMENSIONS:
+                raise ConfigError(
+                    f"{source}: $.metrics.append_dimensions and "
+                    f"$.metrics.metrics_collected.{plugin}.append_dimensions: {metric} would "
+                    f"carry {len(dims)} dimensions; CloudWatch accepts at most {MAX_DIMENSIONS}"
+                )
 
 
 def load_config(path: str | Path) -> Config:
