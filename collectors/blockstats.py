@@ -1,4 +1,5 @@
-"""EBS volume metrics and the EC2 Disk* sums from QMP query-blockstats.
+"""EBS volume metrics and the EC2 per-instance sums from QMP query-blockstats: EBS* over the
+instance's volumes and Disk* over its instance-store disks, as AWS reports them on Nitro.
 
 One entry per guest device; only the top-level `stats` carries counters. The device is named by
 `device` (legacy -drive id) or, with -blockdev, by the qdev path's `-device id`. VolumeId is the
@@ -19,7 +20,7 @@ from hiveagent.collector import Collector, Emitter, VmView, bounded_entries
 from hiveagent.config import Config, Limits
 from hiveagent.counters import counter_delta, counter_deltas
 from hiveagent.cycle import QmpCall, qmp_key
-from hiveagent.model import volume_id
+from hiveagent.model import is_volume, volume_id
 from hiveagent.qmp import QmpError
 from hiveagent.qom import parse_query_pci
 from qga.client import QgaError
@@ -201,6 +202,16 @@ def volume_values(
     }
 
 
+def instance_totals(prefix: str, deltas: list[BlockCounters]) -> dict[str, float]:
+    """The per-instance sums AWS reports (EBS* over volumes, Disk* over instance store)."""
+    return {
+        f"{prefix}ReadOps": sum(d.rd_operations for d in deltas),
+        f"{prefix}WriteOps": sum(d.wr_operations for d in deltas),
+        f"{prefix}ReadBytes": sum(d.rd_bytes for d in deltas),
+        f"{prefix}WriteBytes": sum(d.wr_bytes for d in deltas),
+    }
+
+
 class BlockStats(Collector[BlockSample]):
     name = "blockstats"
 
@@ -269,10 +280,11 @@ class BlockStats(Collector[BlockSample]):
                 )
                 out.emit_all(values, {"VolumeId": vol})
         if config.ec2_enabled:
-            totals = {
-                "DiskReadOps": sum(d.rd_operations for d in deltas.values()),
-                "DiskWriteOps": sum(d.wr_operations for d in deltas.values()),
-                "DiskReadBytes": sum(d.rd_bytes for d in deltas.values()),
-                "DiskWriteBytes": sum(d.wr_bytes for d in deltas.values()),
-            }
-            out.emit_all(totals, {"InstanceId": instance_id})
+            # As on Nitro: EBS I/O per instance as EBS*, Disk* for instance store only.
+            volumes: list[BlockCounters] = []
+            store: list[BlockCounters] = []
+            for device, d in deltas.items():
+                (volumes if vm.spec.all_volumes or is_volume(device) else store).append(d)
+            for prefix, group in (("EBS", volumes), ("Disk", store)):
+                if group:
+                    out.emit_all(instance_totals(prefix, group), {"InstanceId": instance_id})

@@ -265,6 +265,35 @@ def _self(
     return MetricSpec(name, Family.SELF, unit, dims, "the agent itself", semantics, kind=kind)
 
 
+# Per-instance block I/O, as AWS reports it on Nitro: EBS* over the instance's EBS volumes,
+# Disk* over its instance-store disks only.
+_IO_FIELDS = (
+    ("ReadOps", "Count", "Completed read operations"),
+    ("WriteOps", "Count", "Completed write operations"),
+    ("ReadBytes", "Bytes", "Bytes read"),
+    ("WriteBytes", "Bytes", "Bytes written"),
+)
+_IO_GROUPS = (
+    ("EBS", "the instance's EBS volumes"),
+    (
+        "Disk",
+        "the instance's instance-store disks: devices that are not volumes (a generic host's "
+        "disks without a vol- id; a Spinifex VM has none, so it sends no Disk*)",
+    ),
+)
+_INSTANCE_IO = tuple(
+    MetricSpec(
+        f"{prefix}{field}",
+        Family.EC2,
+        unit,
+        _EC2,
+        "QMP query-blockstats",
+        f"{what} in the period, summed over {group}.",
+    )
+    for prefix, group in _IO_GROUPS
+    for field, unit, what in _IO_FIELDS
+)
+
 CATALOG: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
@@ -330,38 +359,7 @@ CATALOG: dict[str, MetricSpec] = {
             "/proc/<qemu pid>/net/dev",
             "Packets sent by the instance in the period (tap rx packets).",
         ),
-        MetricSpec(
-            "DiskReadOps",
-            Family.EC2,
-            "Count",
-            _EC2,
-            "QMP query-blockstats",
-            "Completed read operations in the period, summed over the instance's disks.",
-        ),
-        MetricSpec(
-            "DiskWriteOps",
-            Family.EC2,
-            "Count",
-            _EC2,
-            "QMP query-blockstats",
-            "Completed write operations in the period, summed over the instance's disks.",
-        ),
-        MetricSpec(
-            "DiskReadBytes",
-            Family.EC2,
-            "Bytes",
-            _EC2,
-            "QMP query-blockstats",
-            "Bytes read in the period, summed over the instance's disks.",
-        ),
-        MetricSpec(
-            "DiskWriteBytes",
-            Family.EC2,
-            "Bytes",
-            _EC2,
-            "QMP query-blockstats",
-            "Bytes written in the period, summed over the instance's disks.",
-        ),
+        *_INSTANCE_IO,
         MetricSpec(
             "StatusCheckFailed",
             Family.EC2,

@@ -87,6 +87,7 @@ def parse_sidecar(data: bytes, path: str) -> VmSpec:
         period_s=period,
         account_id=account,
         origin=path,
+        all_volumes=True,  # Spinifex attaches volumes only: even the boot drive (`os`) is one
         image_id=meta["image_id"],
         instance_type=meta["instance_type"],
         autoscaling_group=meta["autoscaling_group"],

@@ -65,9 +65,15 @@ class VmSpec:
     image_id: str | None = None  # for ${aws:ImageId}
     instance_type: str | None = None  # for ${aws:InstanceType}
     autoscaling_group: str | None = None  # for ${aws:AutoScalingGroupName}
+    all_volumes: bool = False  # every disk is a volume (Spinifex); else those named vol-...
 
 
 _VOL_RE = re.compile(r"vol-[0-9a-f]{8,17}")
+
+
+def is_volume(device: str) -> bool:
+    """Whether a VM's block device is named after a volume (`vol-...` inside its name)."""
+    return _VOL_RE.search(device) is not None
 
 
 def volume_id(device: str, instance_id: str) -> str:

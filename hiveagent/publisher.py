@@ -32,7 +32,7 @@ from typing import Any
 from hiveagent.config import PublishSettings
 from hiveagent.model import Datum
 from hiveagent.spool import Request, Spool
-from hiveagent.wire import to_metric_datum
+from hiveagent.wire import datum_label, to_metric_datum
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +111,6 @@ class Outcome(Enum):
     INVALID = "invalid"  # the endpoint rejected the content: isolate and drop
 
 
-def datum_label(d: Datum) -> str:
-    dims = ",".join(f"{k}={v}" for k, v in d.dimensions)
-    return f"{d.namespace}/{d.name}{{{dims}}}@{d.timestamp:.3f}={d.value!r}"
-
-
 class Publisher:
     """Spooled requests out to the endpoint: flushing, isolating rejected datums, the breaker
     and backoff. Everything runs on the event loop except the HTTP call."""
@@ -139,7 +134,10 @@ class Publisher:
         self.in_flight = 0
         self.last_error: str | None = None
         self.last_success: float | None = None
-        self.datum_shape = "statistic_sets"
+        # metrics.datum_shape: "auto" sends statistic sets until the endpoint refuses one, then
+        # single values for the rest of the run (`shape_fallback`); a pinned shape is kept.
+        self.datum_shape = "auto"
+        self.shape_fallback = False
 
     @property
     def stats(self) -> Mapping[str, int]:
@@ -189,10 +187,32 @@ class Publisher:
             await asyncio.sleep(delay)
         return True
 
+    @property
+    def shape(self) -> str:
+        """The shape basic-monitoring datums are sent in now."""
+        if self.datum_shape != "auto":
+            return self.datum_shape
+        return "single_values" if self.shape_fallback else "statistic_sets"
+
     async def _deliver(self, group: Request) -> bool:
         """Send a group of records as one request. False: retry later (nothing lost)."""
         datums = [d for _, ds in group for d in ds]
         outcome, detail = await self._put(datums)
+        if outcome is Outcome.INVALID and self._may_fall_back(datums):
+            # Some endpoints (Spinifex's) accept only single values: resend the request so;
+            # if that is taken, keep to single values for the rest of the run.
+            outcome, retried = await self._put(datums, "single_values")
+            if outcome is Outcome.SENT:
+                self.shape_fallback = True
+                self.counts["datum_shape_fallbacks"] += 1
+                log.warning(
+                    "the endpoint refused %s (%s) and took single values: basic-monitoring "
+                    "datums go as single values from now on (metrics.datum_shape auto)",
+                    "statistic sets",
+                    detail,
+                )
+            else:
+                detail = retried if outcome is Outcome.INVALID else detail
         if outcome is Outcome.RETRY:
             return False
         if outcome is Outcome.SENT:
@@ -226,16 +246,24 @@ class Publisher:
                 return False
         return True
 
-    async def _put(self, datums: Sequence[Datum]) -> tuple[Outcome, str]:
+    def _may_fall_back(self, datums: Sequence[Datum]) -> bool:
+        return (
+            self.datum_shape == "auto"
+            and not self.shape_fallback
+            and any(d.samples for d in datums)
+        )
+
+    async def _put(self, datums: Sequence[Datum], shape: str | None = None) -> tuple[Outcome, str]:
         from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
+        shape = shape or self.shape
         self.counts["api_calls"] += 1
         self.in_flight += 1
         try:
             await asyncio.to_thread(
                 self.client.put_metric_data,
                 Namespace=datums[0].namespace,
-                MetricData=[to_metric_datum(d, self.datum_shape) for d in datums],
+                MetricData=[to_metric_datum(d, shape) for d in datums],
             )
         except ParamValidationError as exc:  # botocore's own checks: the datum is at fault
             self.counts["api_errors"] += 1

@@ -314,3 +314,35 @@ def test_block_period_is_between_the_replies() -> None:
     BlockStats().emit(samples[0], samples[1], view, out)
     queue = [d.value for d in out.datums if d.name == "VolumeQueueLength"]
     assert queue == [pytest.approx(0.5)] * len(reply)
+
+
+@pytest.mark.parametrize("spinifex", [True, False])
+def test_ebs_and_instance_store_sums(spinifex: bool) -> None:
+    """AWS on Nitro: an instance's EBS I/O is EBS* (summed over its volumes), Disk* is its
+    instance store only. A Spinifex VM's disks are all volumes, its boot drive `os` included;
+    on a generic host a disk not named after a volume is instance store."""
+    import dataclasses
+
+    from collectors.blockstats import BlockSample, BlockStats
+
+    reply = copy.deepcopy(recorded("qmp-query-blockstats"))
+    reply[0]["device"], reply[0]["qdev"] = "os", ""  # the boot drive, legacy -drive id=os
+    later = copy.deepcopy(reply)
+    for i, entry in enumerate(later):
+        entry["stats"]["wr_operations"] += 10 * (i + 1)  # os: 10 writes, the volume: 20
+        entry["stats"]["wr_bytes"] += 4096 * 10 * (i + 1)
+    view = ctx_for({})
+    view.spec = dataclasses.replace(view.spec, all_volumes=spinifex)
+    samples: list[BlockSample] = []
+    for r, at in ((reply, 1000.0), (later, 1060.0)):
+        view.replies = Replies({qmp_key("query-blockstats"): r}, {}, qmp_at=at)
+        samples.append(BlockStats().sample(view, samples[-1] if samples else None))
+    out = Emitter.for_config(view.config, 1.0)
+    BlockStats().emit(samples[0], samples[1], view, out)
+    got = {d.name: d.value for d in out.datums if d.dimensions[0][0] == "InstanceId"}
+    if spinifex:
+        assert (got["EBSWriteOps"], got["EBSWriteBytes"]) == (30, 30 * 4096)
+        assert not [n for n in got if n.startswith("Disk")]
+    else:
+        assert (got["EBSWriteOps"], got["EBSWriteBytes"]) == (20, 20 * 4096)
+        assert (got["DiskWriteOps"], got["DiskWriteBytes"]) == (10, 10 * 4096)

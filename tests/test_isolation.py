@@ -37,7 +37,7 @@ pytestmark = pytest.mark.vm
 HEALTHY_NAMES = {
     "StatusCheckFailed", "StatusCheckFailed_System", "StatusCheckFailed_Instance",
     "CPUUtilization", "CPUStealPercent",
-    "DiskReadOps", "DiskWriteOps", "DiskReadBytes", "DiskWriteBytes",
+    "EBSReadOps", "EBSWriteOps", "EBSReadBytes", "EBSWriteBytes",
     "VolumeReadOps", "VolumeWriteOps", "VolumeReadBytes", "VolumeWriteBytes",
     "VolumeTotalReadTime", "VolumeTotalWriteTime", "VolumeIdleTime", "VolumeQueueLength",
     "disk_used_percent", "disk_free", "disk_total", "disk_used",
@@ -240,7 +240,7 @@ def test_a_tenth_hung_does_not_hold_the_cycle(tmp_path: Path) -> None:
         assert "CPUUtilization" in by_vm[i] and "disk_used" not in by_vm[i]
         assert agent.vms[i].errors["qga_timeout"] == 1
     for i in healthy:
-        assert {"CPUUtilization", "DiskReadOps", "StatusCheckFailed", "disk_used"} <= by_vm[i]
+        assert {"CPUUtilization", "EBSReadOps", "StatusCheckFailed", "disk_used"} <= by_vm[i]
     values = {
         (d.name, dict(d.dimensions)["InstanceId"]): d.value
         for d in datums

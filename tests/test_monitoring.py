@@ -165,6 +165,6 @@ def test_a_basic_vm_through_the_agent(tmp_path: Path) -> None:
     by_name = {x.name: x for x in drained}
     cpu = by_name["CPUUtilization"]
     assert len(cpu.samples) == 2 and cpu.value == pytest.approx(sum(cpu.samples) / 2)
-    assert cpu.timestamp % 300 == 0 and by_name["DiskReadOps"].value == sum(
-        by_name["DiskReadOps"].samples
+    assert cpu.timestamp % 300 == 0 and by_name["EBSReadOps"].value == sum(
+        by_name["EBSReadOps"].samples
     )

@@ -126,7 +126,8 @@ def test_cycle_on_guestless_vm_and_after_kill(harness: Any) -> None:
     two = mine(second)
     assert two["StatusCheckFailed"].value == 0 and two["StatusCheckFailed_System"].value == 0
     assert 0 <= two["CPUUtilization"].value <= 100
-    assert two["DiskWriteOps"].value == 0 and two["DiskWriteOps"].unit == "Count"
+    assert two["EBSWriteOps"].value == 0 and two["EBSWriteOps"].unit == "Count"
+    assert not [n for n in two if n.startswith("Disk")]  # a Spinifex VM has no instance store
     vol = [d for d in second if d.dimensions == (("VolumeId", vm.volumes[0].volume_id),)]
     assert {d.name for d in vol} >= {"VolumeReadOps", "VolumeWriteBytes", "VolumeQueueLength"}
     three = mine(third)
@@ -156,7 +157,7 @@ def test_restarted_qemu_primes_again_no_spike(harness: Any) -> None:
 
     after = asyncio.run(go())
     names = {d.name for d in after if dict(d.dimensions).get("InstanceId") == vm.instance_id}
-    assert "CPUUtilization" not in names and "DiskReadOps" not in names  # primed, not a delta
+    assert "CPUUtilization" not in names and "EBSReadOps" not in names  # primed, not a delta
     assert "StatusCheckFailed" in names
 
 
