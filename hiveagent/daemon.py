@@ -38,6 +38,20 @@ from hiveagent.wire import MAX_DATUMS_PER_REQUEST, make_client
 log = logging.getLogger("hiveagent")
 
 
+# Cycles tick this fraction of the interval after each interval boundary of the wall clock
+# (1.2 s past the minute at 60 s): late enough that clock jitter never puts a tick before the
+# boundary, so every cycle's datums (stamped with the period they start in) fall in a period
+# of their own.
+TICK_OFFSET = 0.02
+
+
+def seconds_to_next_tick(wall_s: float, interval_s: int) -> float:
+    """Seconds from wall-clock `wall_s` to the next tick: an interval boundary plus
+    TICK_OFFSET of the interval; in (0, interval]."""
+    offset = TICK_OFFSET * interval_s
+    return interval_s - (wall_s - offset) % interval_s
+
+
 def redact_url(url: str | None) -> str | None:
     """An endpoint URL fit for logs: user:password@ removed."""
     if url is None:
@@ -239,7 +253,6 @@ class Daemon:
         self.status_server = server
 
     async def _collect_loop(self) -> None:
-        next_tick = time.monotonic()
         last_self = time.monotonic()
         while not self.stop.is_set():
             datums = self.pipeline.finish(await self.scheduler.collect())
@@ -271,13 +284,11 @@ class Daemon:
             )
             if self.max_cycles is not None and self.cycles >= self.max_cycles:
                 break
-            interval = self.config.interval_s  # a reload may change it
-            next_tick += interval
-            now = time.monotonic()
-            if next_tick < now:  # a slow cycle: skip the ticks it overran
-                next_tick = now + interval - (now - next_tick) % interval
+            # The next tick just after the next interval boundary (a slow cycle skips the ticks
+            # it overran); a reload may change the interval.
+            wait = seconds_to_next_tick(time.time(), self.config.interval_s)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), next_tick - now)
+                await asyncio.wait_for(self.stop.wait(), wait)
 
     async def _sender(self) -> None:
         while True:

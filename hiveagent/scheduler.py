@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -85,6 +86,15 @@ class CollectorPlan:
     collector: Collector[Any]
     every: int
     resolution: int
+
+
+def period_stamp(wall_s: float, interval_s: int) -> float:
+    """The timestamp of a cycle's datums: the start of the interval-aligned period (a whole
+    minute at 60 s) that the cycle started in. CloudWatch puts a datum in the period that
+    holds its timestamp; cycles ticking once per interval just after its boundary (see the
+    daemon) so put each cycle's datum in its own period, whatever the jitter, where the cycle's
+    start time put two in one minute and none in the next."""
+    return math.floor(wall_s / interval_s) * interval_s
 
 
 def cycles_per_sample(plugin_interval_s: int | None, agent_interval_s: int) -> int:
@@ -200,6 +210,7 @@ class Scheduler:
     async def collect(self) -> Cycle:
         """One collection over every VM, at most max_concurrent_vms at a time."""
         start = time.monotonic()
+        stamp = period_stamp(time.time(), self.config.interval_s)
         gone = await self.rediscover()
         limit = asyncio.Semaphore(self.config.max_concurrent_vms)
 
@@ -207,7 +218,7 @@ class Scheduler:
             async with limit:
                 try:
                     async with asyncio.timeout(self.config.vm_deadline_s):
-                        return VmCycle(state.spec, await self.collect_vm(state))
+                        return VmCycle(state.spec, await self.collect_vm(state, stamp))
                 except TimeoutError:
                     # Every call has its own deadline; this caps their sum for one VM.
                     state.errors["vm_deadline"] += 1
@@ -265,8 +276,8 @@ class Scheduler:
 
         return CyclePlan(state.cycles, qmp_wants, qga_wants)
 
-    async def collect_vm(self, state: VmState) -> list[Datum]:
-        timestamp = time.time()  # the datums' time: this cycle's start for the VM
+    async def collect_vm(self, state: VmState, timestamp: float) -> list[Datum]:
+        """One VM's cycle; its datums are stamped `timestamp` (the cycle's period_stamp)."""
         now = self.clock()
         turn = self._turn(state)
         self._forget_after_gaps(state, turn, now)

@@ -5,11 +5,14 @@ on, over enough cycles for the rescans (disk map, taps)."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
 import pytest
 from conftest import DATA, recorded
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collectors import REGISTRY
 from collectors.blockstats import BlockSample
@@ -17,8 +20,9 @@ from collectors.guest_disk_map import DISK_MAP_RESCAN_CYCLES
 from hiveagent.collector import Collector, Emitter, VmView
 from hiveagent.config import parse_config
 from hiveagent.cycle import NotAsked, QmpCall, Replies, VmFacts, qmp_key
+from hiveagent.daemon import TICK_OFFSET, seconds_to_next_tick
 from hiveagent.model import VmSpec
-from hiveagent.scheduler import Scheduler, VmState, interval_warnings
+from hiveagent.scheduler import Scheduler, VmState, interval_warnings, period_stamp
 from hiveagent.vm import VmSession
 from qga.client import parse_guest_info
 
@@ -148,3 +152,28 @@ def test_plugin_interval_sets_cadence_and_resolution(
             f"shorter than the agent's interval ({agent_s} s): sampled every {agent_s} s, at "
             f"the resolution of {agent_s} s"
         ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(1.7e9, 1.9e9), st.sampled_from([1, 10, 60, 300]), st.floats(-0.5, 0.5))
+def test_each_cycle_stamps_its_own_period(wall: float, interval: int, jitter: float) -> None:
+    """CloudWatch puts a datum in the period holding its timestamp. The daemon ticks just after
+    each interval boundary and stamps a cycle's datums with the period it started in, so
+    consecutive cycles land in consecutive periods, one each, even when a wake-up is late or
+    early by up to half the tick offset (the cycle's own start time put two totals in one
+    minute and none in the next when the ticks straddled the boundary)."""
+    first = wall + seconds_to_next_tick(wall, interval)  # a tick: just past a boundary
+    boundary = math.floor(first / interval) * interval
+    assert 0 < first - boundary <= TICK_OFFSET * interval + 1e-6 * interval
+    late_or_early = jitter * TICK_OFFSET * interval * 0.99
+    second = first + interval + late_or_early
+    stamps = [period_stamp(first, interval), period_stamp(second, interval)]
+    assert stamps == [boundary, boundary + interval]
+    # After a cycle that took 90% of the interval, the next tick is still just past the next
+    # boundary; after one that overran it, just past the boundary after that (ticks skipped).
+    for took, periods in ((0.9, 1), (1.5, 2)):
+        end = first + took * interval
+        tick = end + seconds_to_next_tick(end, interval)
+        assert tick == pytest.approx(
+            boundary + periods * interval + TICK_OFFSET * interval, rel=0, abs=1e-3
+        )
