@@ -7,12 +7,19 @@ request limits), and in "spinifex" mode also what Spinifex's CloudWatch service 
         ...
         ep.accepted  # [AcceptedDatum(namespace, name, dimensions, value, ...), ...]
         ep.refused   # Counter({"InvalidParameterValue": 2, ...})
+        ep.refusals  # [Refusal(status, code, message, protocol), ...]
+        ep.requests  # [RequestInfo(protocol, gzip, wire_bytes, body_bytes, status, code), ...]
+        ep.fail_next(2, code="Throttling", status=400)  # outages on cue
+        ep.wait_for(accepted=10, timeout=5.0); ep.clear()
 
 It speaks both wire protocols botocore uses for CloudWatch: AWS JSON 1.0 (`X-Amz-Target:
 GraniteServiceVersion20100801.PutMetricData`) and awsQuery (form-encoded), gzip bodies or not,
 and answers errors the way each protocol does so that botocore raises a ClientError with the
-right `Error.Code`, `Error.Message` and HTTP status. A request is atomic: one bad datum refuses
-the whole request and nothing of it is kept (as AWS documents for metric data errors).
+right `Error.Code`, `Error.Message` and HTTP status (JSON: `__type` plus CloudWatch's
+awsQueryCompatible `x-amzn-query-error: Code;Sender` header; query: an `ErrorResponse` XML).
+Smithy RPC v2 CBOR is not spoken (400 UnknownOperationException); botocore prefers JSON.
+A request is atomic: one bad datum refuses the whole request and nothing of it is kept (as AWS
+documents for metric data errors).
 
 What is enforced (rule -> error code, HTTP 400 unless said):
 
@@ -59,7 +66,7 @@ Values (LocalStack's AWS-validated test_put_metric_data_validation), so only Val
 
 from __future__ import annotations
 
-import gzip
+import contextlib
 import json
 import math
 import re
@@ -92,6 +99,8 @@ __all__ = [
     "MAX_VALUES_PER_DATUM",
     "VALUE_LIMIT",
     "AcceptedDatum",
+    "Mode",
+    "Protocol",
     "Refusal",
     "RequestInfo",
     "StatisticSet",
@@ -360,10 +369,8 @@ class StrictEndpoint:
         with self._lock:
             connections = list(self._connections)
         for conn in connections:  # idle keep-alive connections: end their handler threads
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(SHUT_RDWR)
-            except OSError:
-                pass
         if self._thread is not None:
             self._thread.join(5)
 
@@ -444,35 +451,23 @@ class StrictEndpoint:
         for prefix, raw in datums:
             d = self._datum(prefix, raw, namespace, now, protocol, problems)
             if d is not None:
-                out.append((d))
+                out.append(d)
         problems.raise_if_any()
         if self.mode == "spinifex":
-            with self._lock:
-                last = dict(self._series.last)
-            for (prefix, _), d in zip(datums, out, strict=True):
-                previous = last.get(d.series)
-                if previous is not None and d.timestamp <= previous:
-                    # ours: Spinifex refuses duplicate and out-of-order samples
-                    problems.invalid(
-                        f"The parameter {prefix}.Timestamp must be later than the last "
-                        f"sample of its series ({_iso(previous)}): duplicate or out-of-order "
-                        f"samples are not accepted."
-                    )
-                else:
-                    last[d.series] = d.timestamp
-            problems.raise_if_any()
-            with self._lock:
-                # a concurrent request may have moved a series on: check again under the lock
+            with self._lock:  # check and move the series on as one step
+                moved: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
                 for (prefix, _), d in zip(datums, out, strict=True):
-                    previous = self._series.last.get(d.series)
+                    previous = moved.get(d.series, self._series.last.get(d.series))
                     if previous is not None and d.timestamp <= previous:
-                        problems.invalid(
+                        problems.invalid(  # ours: Spinifex refuses such samples
                             f"The parameter {prefix}.Timestamp must be later than the last "
                             f"sample of its series ({_iso(previous)}): duplicate or "
                             f"out-of-order samples are not accepted."
                         )
+                    else:
+                        moved[d.series] = d.timestamp
                 problems.raise_if_any()
-                self._series.last.update(last)
+                self._series.last.update(moved)
         return out
 
     def _namespace(self, raw: Any, problems: _Problems) -> str:
@@ -617,8 +612,7 @@ class StrictEndpoint:
         if self.mode == "spinifex":
             if has_stats:
                 problems.invalid(  # ours
-                    f"The parameter {p}.StatisticValues is not supported: send one Value per "
-                    f"datum."
+                    f"The parameter {p}.StatisticValues is not supported: send one Value per datum."
                 )
             if values_raw or counts_raw:
                 problems.invalid(  # ours
@@ -648,8 +642,7 @@ class StrictEndpoint:
         out: dict[str, str] = {}
         if len(items) > MAX_DIMENSIONS:
             problems.invalid(  # reconstructed in the form of AWS's Values text
-                f"The collection {p}.Dimensions must not have a size greater than "
-                f"{MAX_DIMENSIONS}."
+                f"The collection {p}.Dimensions must not have a size greater than {MAX_DIMENSIONS}."
             )
         duplicate = False
         for j, dim in enumerate(items, 1):
@@ -826,69 +819,67 @@ class _Handler(BaseHTTPRequestHandler):
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         protocol: Protocol = "json" if target is not None else "query"
         encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
-        info = {"gzip": encoding == "gzip", "wire_bytes": 0, "body_bytes": -1}
+        wire = b""
+        body_bytes = -1
+        datums: list[AcceptedDatum] = []
+        error: ApiError | None = None
         try:
             wire = self._read_body()
-            info["wire_bytes"] = len(wire)
             failure = self.owner._next_failure()
             if failure is not None:
                 raise ApiError(*failure)
             self._check_authorization()
-            if protocol == "json":
-                if content_type != JSON_CONTENT_TYPE:
-                    raise ApiError(  # ours
-                        400,
-                        "SerializationException",
-                        f"Content-Type {content_type!r} is not {JSON_CONTENT_TYPE}.",
-                    )
-                if target != JSON_TARGET:
-                    raise ApiError(  # ours: only PutMetricData is served here
-                        400, "UnknownOperationException", f"Operation {target} is not served."
-                    )
-            elif content_type != QUERY_CONTENT_TYPE:
-                raise ApiError(  # ours
-                    400,
-                    "UnknownOperationException",
-                    "Neither AWS JSON 1.0 (X-Amz-Target) nor awsQuery (form-encoded).",
-                )
+            self._check_protocol(protocol, content_type, target)
             body = self._decode(wire, encoding)
-            info["body_bytes"] = len(body)
-            if len(body) > self.owner.max_request_bytes:
+            body_bytes = len(body)
+            if body_bytes > self.owner.max_request_bytes:
                 # AWS: HTTP 413 RequestEntityTooLarge, "Request size 45305 exceeded 40960
-                # bytes" (public reports, with the limit of the time)
+                # bytes" (public reports of AWS replies, with the limit of the time)
                 raise ApiError(
                     413,
                     "RequestEntityTooLarge",
-                    f"Request size {len(body)} exceeded {self.owner.max_request_bytes} bytes",
+                    f"Request size {body_bytes} exceeded {self.owner.max_request_bytes} bytes",
                 )
-            params = self._parse(body, protocol)
-            datums = self.owner._put_metric_data(params, protocol)
+            datums = self.owner._put_metric_data(self._parse(body, protocol), protocol)
         except ApiError as e:
-            self._error(protocol, e)
-            self.owner._record(
-                RequestInfo(protocol, bool(info["gzip"]), int(info["wire_bytes"]),
-                            int(info["body_bytes"]), e.status, e.code),
-                [],
-                Refusal(e.status, e.code, e.message, protocol),
-            )
-            return
-        except Exception as e:  # a bug here must still answer, as a 500
-            err = ApiError(500, "InternalServiceError", f"{type(e).__name__}: {e}")
-            self._error(protocol, err)
-            self.owner._record(
-                RequestInfo(protocol, bool(info["gzip"]), int(info["wire_bytes"]),
-                            int(info["body_bytes"]), 500, err.code),
-                [],
-                Refusal(500, err.code, err.message, protocol),
-            )
-            return
-        self._success(protocol)
-        self.owner._record(
-            RequestInfo(protocol, bool(info["gzip"]), int(info["wire_bytes"]),
-                        int(info["body_bytes"]), 200, None),
-            datums,
-            None,
+            error = e
+        except Exception as e:  # a bug here must still answer: as a 500
+            error = ApiError(500, "InternalServiceError", f"{type(e).__name__}: {e}")
+        self.owner._record(  # before answering: a client that got its answer can read it
+            RequestInfo(
+                protocol=protocol,
+                gzip=encoding == "gzip",
+                wire_bytes=len(wire),
+                body_bytes=body_bytes,
+                status=200 if error is None else error.status,
+                code=None if error is None else error.code,
+            ),
+            datums if error is None else [],
+            None if error is None else Refusal(error.status, error.code, error.message, protocol),
         )
+        if error is None:
+            self._success(protocol)
+        else:
+            self._error(protocol, error)
+
+    def _check_protocol(self, protocol: Protocol, content_type: str, target: str | None) -> None:
+        if protocol == "json":
+            if content_type != JSON_CONTENT_TYPE:
+                raise ApiError(  # ours
+                    400,
+                    "SerializationException",
+                    f"Content-Type {content_type!r} is not {JSON_CONTENT_TYPE}.",
+                )
+            if target != JSON_TARGET:
+                raise ApiError(  # ours: only PutMetricData is served here
+                    400, "UnknownOperationException", f"Operation {target} is not served here."
+                )
+        elif content_type != QUERY_CONTENT_TYPE:
+            raise ApiError(  # ours
+                400,
+                "UnknownOperationException",
+                "The request is neither AWS JSON 1.0 (X-Amz-Target) nor awsQuery (form-encoded).",
+            )
 
     def _read_body(self) -> bytes:
         length = self.headers.get("Content-Length")
@@ -909,7 +900,9 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization")
         if not auth:
             # AWS's common error for an unsigned request; message reconstructed
-            raise ApiError(403, "MissingAuthenticationToken", "Request is missing Authentication Token")
+            raise ApiError(
+                403, "MissingAuthenticationToken", "Request is missing Authentication Token"
+            )
         if not _AUTHORIZATION.match(auth.strip()) or not self.headers.get("X-Amz-Date"):
             raise ApiError(  # AWS's common error code; message reconstructed
                 400,
@@ -1020,7 +1013,3 @@ class _Handler(BaseHTTPRequestHandler):
     def _method_not_allowed(self) -> None:
         self.close_connection = True
         self._error("query", ApiError(405, "MethodNotAllowed", "Only POST is served."))  # ours
-
-
-# gzip is imported for the benefit of callers building raw requests in tests
-_ = gzip
