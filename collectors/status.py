@@ -6,7 +6,9 @@ paused is running for this purpose (a paused VM passes).
 
 _System: QMP unreachable (connect or command failed) or QEMU in `internal-error` / `io-error`.
 _Instance: the guest panicked (`guest-panicked`), or its guest agent is expected (it answered
-before during this QEMU process's life) but is now silent or closed its port.
+before during this QEMU process's life, remembered across agent restarts in state_dir, or QEMU
+says the guest holds its port open) but has been silent, or closed its port, for two
+consecutive cycles.
 StatusCheckFailed: either of the two.
 """
 
@@ -21,12 +23,18 @@ NOT_RUNNING_STATES = frozenset({"shutdown", "prelaunch", "inmigrate", "postmigra
 INSTANCE_FAILED_STATES = frozenset({"guest-panicked"})
 
 
+# The guest agent must miss this many consecutive cycles before the instance check fails: one
+# missed exchange (a busy guest, a slow reply) is not a hung guest.
+QGA_MISSES_TO_FAIL = 2
+
+
 @dataclass(frozen=True)
 class StatusSample:
     qmp_ok: bool
     run_status: str | None
     qga_expected: bool
     qga_ok: bool
+    qga_misses: int = 0  # consecutive cycles expected and silent, this one included
 
 
 def status_checks(s: StatusSample) -> tuple[int, int] | None:
@@ -35,9 +43,8 @@ def status_checks(s: StatusSample) -> tuple[int, int] | None:
     if s.qmp_ok and s.run_status in NOT_RUNNING_STATES:
         return None
     system = int(not s.qmp_ok or s.run_status in SYSTEM_FAILED_STATES)
-    instance = int(
-        s.qmp_ok and (s.run_status in INSTANCE_FAILED_STATES or (s.qga_expected and not s.qga_ok))
-    )
+    silent = s.qga_expected and not s.qga_ok and s.qga_misses >= QGA_MISSES_TO_FAIL
+    instance = int(s.qmp_ok and (s.run_status in INSTANCE_FAILED_STATES or silent))
     return system, instance
 
 
@@ -55,6 +62,7 @@ class Status(Collector[StatusSample]):
             run_status=facts.run_status,
             qga_expected=facts.qga_expected,
             qga_ok=facts.qga_connected,
+            qga_misses=facts.qga_misses,
         )
 
     def emit(self, prev: StatusSample | None, cur: StatusSample, vm: VmView, out: Emitter) -> None:

@@ -386,7 +386,9 @@ CATALOG: dict[str, MetricSpec] = {
             "Count",
             _EC2,
             "QMP query-status + guest agent",
-            "1 if the guest panicked, or its guest agent is expected but did not answer, else 0.",
+            "1 if the guest panicked, or its guest agent is expected (it answered before in "
+            "this QEMU process's life, remembered across agent restarts, or QEMU says the "
+            "guest holds its port open) and has not answered for two cycles in a row, else 0.",
             kind="gauge",
         ),
         MetricSpec(

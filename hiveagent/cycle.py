@@ -36,8 +36,9 @@ class VmFacts(NamedTuple):
     balloon: str | None = None  # QOM path of the virtio-balloon, when the VM has one
     qga_connected: bool = False  # the guest agent answered this cycle's exchange
     qga_commands: frozenset[str] = frozenset()  # enabled in the guest agent (when connected)
-    qga_expected: bool = False  # the guest agent answered in this QEMU process's life
+    qga_expected: bool = False  # the guest agent should answer (seen, or its port is open)
     qga_error: str | None = None  # why the guest agent exchange failed this cycle
+    qga_misses: int = 0  # consecutive cycles it was expected and did not answer
 
 
 @dataclass

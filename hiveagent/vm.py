@@ -12,6 +12,7 @@ happen here, at connect. Errors are returned as facts, never counted here: the s
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -74,8 +75,47 @@ class VmSession:
         self.qga_chardev: str | None = None  # label of the guest agent port's chardev ("": none)
         self.guest_info: GuestInfo | None = None
         self.qga_seen = False  # the guest agent answered during this QEMU process's life
+        self.qga_port_open: bool | None = None  # its port's frontend-open (None: unknown)
+        self.qga_misses = 0  # consecutive cycles it was expected and did not answer
+        if pid is not None:
+            self.qga_seen = self._remembered(pid)
         self.qga_path: str | None = None  # the guest agent socket found by the last query-chardev
         self.qga_answered = False
+
+    # -- what survives an agent restart: this QEMU process's guest agent answered ------------
+
+    def _memory_path(self) -> str:
+        return os.path.join(self.config.state_dir, "guest-agents", self.spec.instance_id)
+
+    def _process_identity(self, pid: int) -> str | None:
+        """`<pid> <start time>`: a pid reused by another process does not match."""
+        try:
+            with open(f"{self.config.proc_root}/{pid}/stat", "rb") as f:
+                stat = f.read(4096)
+            return f"{pid} {stat[stat.rfind(b')') + 2 :].split()[19].decode()}"
+        except (OSError, IndexError, UnicodeDecodeError):
+            return None
+
+    def _remembered(self, pid: int) -> bool:
+        identity = self._process_identity(pid)
+        try:
+            with open(self._memory_path(), encoding="ascii") as f:
+                return identity is not None and f.read(100).strip() == identity
+        except (OSError, UnicodeDecodeError):
+            return False
+
+    def _remember(self) -> None:
+        identity = self._process_identity(self.pid) if self.pid is not None else None
+        if identity is None:
+            return
+        path = self._memory_path()
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(f"{path}.tmp", "w", encoding="ascii") as f:
+                f.write(identity + "\n")
+            os.replace(f"{path}.tmp", path)
+        except OSError as exc:  # an unwritable state_dir: the memory lasts this process only
+            log.debug("vm %s: cannot remember its guest agent: %s", self.spec.instance_id, exc)
 
     def update_spec(self, spec: VmSpec) -> None:
         """The sidecar was rewritten (e.g. NIC hot-plug)."""
@@ -117,6 +157,11 @@ class VmSession:
             qga_failure, stale = await self._guest_agent_part(qga_path, plan, known, replies)
             if qga_failure is None and self.guest_info is not None:
                 connected, commands = True, self.guest_info.enabled_commands
+        # The guest agent should answer a running VM when it answered before in this QEMU
+        # process's life (remembered across agent restarts) or when QEMU says the guest holds
+        # its port open (frontend-open: qemu-ga runs): a hung guest is seen at first sight.
+        expected = run_status == "running" and (self.qga_seen or self.qga_port_open is True)
+        self.qga_misses = self.qga_misses + 1 if expected and not connected else 0
         facts = VmFacts(
             pid,
             None if qmp_failure is None else str(qmp_failure),
@@ -126,8 +171,9 @@ class VmSession:
             self.balloon,
             connected,
             commands,
-            self.qga_seen and run_status == "running",
+            expected,
             None if qga_failure is None else str(qga_failure),
+            self.qga_misses,
         )
         return CycleOutcome(facts, replies, qmp_failure, qga_failure, stale)
 
@@ -161,6 +207,7 @@ class VmSession:
         if self.spec.qga_socket:
             matching = [c for c in chardevs.values() if c.socket_path == self.spec.qga_socket]
             # A socket QEMU does not serve itself (e.g. a relay) cannot be checked: try it.
+            self.qga_port_open = matching[0].frontend_open if matching else None
             if matching and not matching[0].frontend_open:
                 self.qga_state = "not running in guest"
                 return None
@@ -171,7 +218,9 @@ class VmSession:
         info = chardevs.get(self.qga_chardev) if self.qga_chardev else None
         if info is None or info.socket_path is None:
             self.qga_state = "no guest agent port"
+            self.qga_port_open = None
             return None
+        self.qga_port_open = info.frontend_open
         if not info.frontend_open:
             self.qga_state = "not running in guest"
             return None
@@ -294,7 +343,9 @@ class VmSession:
             return exc, client.stale_replies
         finally:
             await client.close()
-        self.qga_seen = True
+        if not self.qga_seen:
+            self.qga_seen = True
+            self._remember()
         self.qga_answered = not any(isinstance(r, QgaTimeout) for r in replies.qga.values())
         self.qga_state = f"ok (qemu-ga {self.guest_info.version})"
         return None, client.stale_replies

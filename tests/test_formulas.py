@@ -183,7 +183,8 @@ def test_network_totals_are_reversed_and_summed() -> None:
         (StatusSample(True, "io-error", False, False), (1, 0)),
         (StatusSample(True, "internal-error", False, False), (1, 0)),
         (StatusSample(True, "guest-panicked", False, False), (0, 1)),
-        (StatusSample(True, "running", True, False), (0, 1)),
+        (StatusSample(True, "running", True, False, 1), (0, 0)),  # one miss: not yet
+        (StatusSample(True, "running", True, False, 2), (0, 1)),  # two in a row: hung
         (StatusSample(True, "running", False, False), (0, 0)),  # agent never seen: not expected
         (StatusSample(True, "paused", False, False), (0, 0)),
         # AWS checks running instances only: a powered-off guest (QEMU kept by -no-shutdown),

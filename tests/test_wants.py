@@ -6,7 +6,9 @@ on, over enough cycles for the rescans (disk map, taps)."""
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,3 +179,25 @@ def test_each_cycle_stamps_its_own_period(wall: float, interval: int, jitter: fl
         assert tick == pytest.approx(
             boundary + periods * interval + TICK_OFFSET * interval, rel=0, abs=1e-3
         )
+
+
+def test_the_guest_agent_is_remembered_across_agent_restarts(tmp_path: Any) -> None:
+    """A guest agent that answered once is expected for the rest of its QEMU process's life,
+    also after the host agent restarts (state_dir), so a guest that hangs while the agent is
+    down is flagged; a new QEMU process under the same pid number is not taken for it (its
+    start time differs). Real /proc: this test's own process stands for QEMU."""
+    config = parse_config({"hypervisor": {"state_dir": str(tmp_path)}})
+    first = VmSession(SPEC, config)
+    first._forget_process(os.getpid())  # connected to "QEMU": nothing remembered yet
+    assert not first.qga_seen
+    first.pid, first.qga_seen = os.getpid(), True
+    first._remember()
+    restarted = VmSession(SPEC, config)  # a new agent process, the same QEMU
+    restarted._forget_process(os.getpid())
+    assert restarted.qga_seen
+    other = VmSession(SPEC, config)  # another process: not the one that answered
+    other._forget_process(os.getppid())
+    assert not other.qga_seen
+    stored = (tmp_path / "guest-agents" / SPEC.instance_id).read_text().split()
+    start_time = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    assert stored == [str(os.getpid()), start_time]  # proc(5): starttime is field 22
