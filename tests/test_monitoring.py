@@ -168,3 +168,39 @@ def test_a_basic_vm_through_the_agent(tmp_path: Path) -> None:
     assert cpu.timestamp % 300 == 0 and by_name["EBSReadOps"].value == sum(
         by_name["EBSReadOps"].samples
     )
+
+
+@pytest.mark.parametrize("mode", ["aws", "spinifex"])
+def test_default_shape_works_against_every_endpoint(tmp_path: Path, mode: str) -> None:
+    """The default datum shape ("auto") must work against AWS CloudWatch, which takes statistic
+    sets, and against Spinifex's CloudWatch, which takes one Value per datum only
+    (REFERENCE.md section 7): a refused statistic set is resent as its single value (the
+    window's sum for a per-period total) and single values are used from then on, counted,
+    with nothing dropped."""
+    from tests.strict_endpoint import StrictEndpoint
+
+    window = (int(time.time()) // 300 - 2) * 300
+    samples = (1.0, 4.0, 2.0, 8.0, 5.0)
+    basic = [
+        Datum("Hive/EC2", "NetworkIn", INST, 20.0, "Bytes", float(window + 300 * i), 60, samples)
+        for i in range(2)
+    ]
+    with StrictEndpoint(mode) as ep:  # type: ignore[arg-type]
+        spool = Spool(tmp_path, fsync=False)
+        spool.open()
+        pub = Publisher(make_client("us-east-1", ep.url, 5.0), spool)
+        assert pub.datum_shape == "auto"  # the default config's shape
+        for d in basic:  # two requests: the second after any fallback
+            spool.add([d])
+            assert asyncio.run(pub.flush())
+        accepted = list(ep.accepted)
+        refused = dict(ep.refused)
+        spool.close()
+    assert pub.stats["datums_sent"] == 2 and not pub.ledger.counts
+    if mode == "aws":
+        assert [a.statistic_values is not None for a in accepted] == [True, True]
+        assert refused == {} and pub.counts["datum_shape_fallbacks"] == 0
+    else:
+        assert [(a.value, a.statistic_values) for a in accepted] == [(20.0, None)] * 2
+        assert refused == {"InvalidParameterValue": 1}  # the first statistic set only
+        assert pub.counts["datum_shape_fallbacks"] == 1
