@@ -55,6 +55,7 @@ class BlockSample:
     # The guest's own busy time per volume (diskstats total-ticks, ms), when the guest disk
     # behind each volume is known: the best VolumeIdleTime estimate.
     guest_busy_ms: dict[str, int] = field(default_factory=dict)
+    guest_queue_ms: dict[str, int] = field(default_factory=dict)  # weight-ticks, ms
     disk_map: dict[str, str] | None = None  # guest disk -> VolumeId (None: not known)
     disk_map_age: int = 0  # samples since it was looked up (or tried)
 
@@ -100,10 +101,21 @@ def parse_timed_depth(reply: Any) -> dict[str, dict[int, float]]:
     return out
 
 
-def queue_length(d: BlockCounters, period_s: float, timed: dict[int, float] | None) -> float:
-    """VolumeQueueLength: QEMU's own average queue depth over the accounting interval that
-    matches the period (the shortest one at least as long, else the longest) when the drive
-    has stats-intervals; otherwise Little's law: total time requests spent queued / period."""
+def queue_length(
+    d: BlockCounters,
+    period_s: float,
+    timed: dict[int, float] | None,
+    guest_queue_ms: int | None = None,
+) -> float:
+    """VolumeQueueLength, the average number of requests outstanding over the period. Best:
+    the guest's own time in queue for the disk behind the volume (diskstats weight-ticks
+    delta / period: iostat's aqu-sz), which also counts requests stuck in flight; else QEMU's
+    own average queue depth over the accounting interval that matches the period (the
+    shortest one at least as long, else the longest) when the drive has stats-intervals;
+    otherwise Little's law over the requests completed in the period (total time / period),
+    which cannot see requests that have not completed."""
+    if guest_queue_ms is not None:
+        return guest_queue_ms / (period_s * 1000)
     if timed:
         fitting = [n for n in timed if n >= period_s - 1]
         return timed[min(fitting) if fitting else max(timed)]
@@ -149,14 +161,15 @@ def idle_time_s(
     d: BlockCounters, period_s: float, idle_ns: int | None, guest_busy_ms: int | None = None
 ) -> float:
     """VolumeIdleTime: seconds without I/O in the period. QEMU keeps no cumulative idle
-    counter. With no operation in the period it is exactly the period. Otherwise, best: the
-    period minus the guest's own busy time for that disk (diskstats total-ticks delta, when the
-    guest disk behind the volume is known); else QEMU's time since the last operation
-    (`idle_time_ns`), a lower bound (idle gaps earlier in the period are not counted)."""
-    if d.rd_operations == 0 and d.wr_operations == 0:
-        return period_s
+    counter, and its counters move when requests complete. Best: the period minus the guest's
+    own busy time for that disk (diskstats total-ticks delta, when the guest disk behind the
+    volume is known), which also counts requests stuck in flight (a stalled volume is not
+    idle). Else, with no operation completed in the period, the period; otherwise QEMU's time
+    since the last operation (`idle_time_ns`), a lower bound (earlier idle gaps not counted)."""
     if guest_busy_ms is not None:
         return min(period_s, max(0.0, period_s - guest_busy_ms / 1000))
+    if d.rd_operations == 0 and d.wr_operations == 0:
+        return period_s
     if idle_ns is None:
         return 0.0
     return min(period_s, idle_ns / 1e9)
@@ -188,8 +201,9 @@ def volume_values(
     idle_ns: int | None = None,
     timed: dict[int, float] | None = None,
     guest_busy_ms: int | None = None,
+    guest_queue_ms: int | None = None,
 ) -> dict[str, float]:
-    """Per-period EBS values from one device's counter deltas."""
+    """Per-period EBS values from one device's counter deltas (and the guest's, when known)."""
     return {
         "VolumeIdleTime": idle_time_s(d, period_s, idle_ns, guest_busy_ms),
         "VolumeReadOps": d.rd_operations,
@@ -198,7 +212,7 @@ def volume_values(
         "VolumeWriteBytes": d.wr_bytes,
         "VolumeTotalReadTime": d.rd_total_time_ns / 1e9,
         "VolumeTotalWriteTime": d.wr_total_time_ns / 1e9,
-        "VolumeQueueLength": queue_length(d, period_s, timed),
+        "VolumeQueueLength": queue_length(d, period_s, timed, guest_queue_ms),
     }
 
 
@@ -241,6 +255,7 @@ class BlockStats(Collector[BlockSample]):
         disk_map = prev.disk_map if prev else None
         age = (prev.disk_map_age if prev else 0) + 1
         busy: dict[str, int] = {}
+        queue: dict[str, int] = {}
         if guest_busy_wanted(vm.config):
             try:
                 if disk_map_due(prev):  # query-pci was asked; guest-get-disks if it could be
@@ -253,11 +268,23 @@ class BlockStats(Collector[BlockSample]):
                     stats = parse_diskstats(
                         vm.qga_reply("guest-get-diskstats"), vm.config.limits.max_disks
                     )
-                    busy = {vol: stats[disk].counters.total_ticks
-                            for disk, vol in disk_map.items() if disk in stats}  # fmt: skip
+                    for disk, vol in disk_map.items():
+                        if disk in stats:
+                            busy[vol] = stats[disk].counters.total_ticks
+                            queue[vol] = stats[disk].counters.weight_ticks
             except (QgaError, QmpError, ValueError):
                 vm.rejected["blockstats.guest_busy_unavailable"] += 1
-        return BlockSample(pid, mono_s, devices, idle, timed, busy, disk_map, age)
+        return BlockSample(
+            pid,
+            mono_s,
+            devices,
+            idle,
+            timed,
+            guest_busy_ms=busy,
+            guest_queue_ms=queue,
+            disk_map=disk_map,
+            disk_map_age=age,
+        )
 
     def emit(self, prev: BlockSample | None, cur: BlockSample, vm: VmView, out: Emitter) -> None:
         if prev is None or prev.pid != cur.pid:
@@ -272,12 +299,12 @@ class BlockStats(Collector[BlockSample]):
         if config.ebs_enabled:
             for device, d in deltas.items():
                 vol = volume_id(device, instance_id)
-                busy = None
+                busy = queue = None
                 if vol in cur.guest_busy_ms and vol in prev.guest_busy_ms:
                     busy = counter_delta(prev.guest_busy_ms[vol], cur.guest_busy_ms[vol])
-                values = volume_values(
-                    d, period, cur.idle_ns.get(device), cur.timed_depth.get(device), busy
-                )
+                    queue = counter_delta(prev.guest_queue_ms[vol], cur.guest_queue_ms[vol])
+                timed = cur.timed_depth.get(device)
+                values = volume_values(d, period, cur.idle_ns.get(device), timed, busy, queue)
                 out.emit_all(values, {"VolumeId": vol})
         if config.ec2_enabled:
             # As on Nitro: EBS I/O per instance as EBS*, Disk* for instance store only.

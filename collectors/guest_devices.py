@@ -41,7 +41,8 @@ class DeviceSource(Generic[C]):
     source: str  # its rejection keys are `<source>.<why>`
     stats_key: str  # the entry's key holding the counters
     record: type[C]  # the named tuple of cumulative counters
-    counters: tuple[tuple[str, str, int], ...]  # per record field: (reply field, metric, scale)
+    # per record field: (reply field, metric or None when it is read but not sent, scale)
+    counters: tuple[tuple[str, str | None, int], ...]
     gauges: tuple[tuple[str, str], ...]  # (reply field, metric) read as sampled
     absent: int | None  # an absent counter's value (None: the entry is rejected)
     without_stats_ok: bool  # an entry without stats is skipped quietly (else rejected)
@@ -129,7 +130,7 @@ class GuestDeviceCounters(Collector[dict[str, DeviceStats[Any]]]):
             if not plugin.wants(name):
                 continue
             values = {m: v * scale for (_, m, scale), v in zip(src.counters, d, strict=True)
-                      if m in plugin.metrics}  # fmt: skip
+                      if m is not None and m in plugin.metrics}  # fmt: skip
             for (_, metric), value in zip(src.gauges, cur[name].gauges, strict=True):
                 if metric in plugin.metrics:
                     values[metric] = value

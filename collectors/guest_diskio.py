@@ -22,6 +22,7 @@ class DiskCounters(NamedTuple):
     read_ticks: int
     write_ticks: int
     total_ticks: int  # busy time
+    weight_ticks: int  # time in queue: busy time weighted by the requests in flight
 
 
 DISKSTATS = DeviceSource(
@@ -34,6 +35,7 @@ DISKSTATS = DeviceSource(
         ("read-ticks", "diskio_read_time", 1),
         ("write-ticks", "diskio_write_time", 1),
         ("total-ticks", "diskio_io_time", 1),
+        ("weight-ticks", None, 1),  # read for VolumeQueueLength, not a diskio metric
     ),
     gauges=(("ios-pgr", "diskio_iops_in_progress"),),  # requests in flight
     absent=0, without_stats_ok=False, dimension="name", limit_name="max_disks",

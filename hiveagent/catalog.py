@@ -445,10 +445,11 @@ CATALOG: dict[str, MetricSpec] = {
             "Seconds",
             _EBS,
             "QMP query-blockstats",
-            "Seconds without I/O in the period: exactly the period when no operation "
-            "happened; otherwise the period minus the guest's busy time for the disk behind "
-            "the volume (diskstats total-ticks; disk found by PCI address, needs the diskio "
-            "plugin), else QEMU's idle_time_ns (time since the last operation, a lower bound).",
+            "Seconds without I/O in the period: the period minus the guest's busy time for "
+            "the disk behind the volume (diskstats total-ticks, which counts requests stuck in "
+            "flight; disk found by PCI address, needs the diskio plugin); else exactly the "
+            "period when no operation completed, otherwise QEMU's idle_time_ns (time since "
+            "the last operation, a lower bound).",
         ),
         MetricSpec(
             "VolumeQueueLength",
@@ -456,9 +457,12 @@ CATALOG: dict[str, MetricSpec] = {
             "Count",
             _EBS,
             "QMP query-blockstats",
-            "Average outstanding requests over the period: QEMU's own avg_rd_queue_depth + "
-            "avg_wr_queue_depth (timed_stats) when the drive has stats-intervals, else by "
-            "Little's law: (d rd_total_time_ns + d wr_total_time_ns) / period_ns.",
+            "Average outstanding requests over the period: the guest's time in queue for the "
+            "disk behind the volume (diskstats weight-ticks delta / period, iostat's aqu-sz, "
+            "which counts requests stuck in flight) when known; else QEMU's own "
+            "avg_rd_queue_depth + avg_wr_queue_depth (timed_stats) when the drive has "
+            "stats-intervals; else Little's law over completed requests: (d rd_total_time_ns "
+            "+ d wr_total_time_ns) / period_ns.",
             kind="gauge",
         ),
         MetricSpec(

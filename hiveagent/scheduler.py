@@ -39,10 +39,13 @@ log = logging.getLogger(__name__)
 # (exception tracebacks) waits at most this many allocations, a few MiB.
 GC_YOUNG_THRESHOLD = 20_000
 
-# A collector's delta over more than this many of its periods is not reported as one period
-# (re-primed instead). Up to 2.5 lets one skipped tick (a cycle that overran its interval, a
-# period of 2) through as a period.
+# A collector's delta over more than this many of its periods, and over GAP_MIN_S, is not
+# reported as one period (re-primed instead). 2.5 periods let one skipped tick (a cycle that
+# overran its interval: a period of 2) through; the minute keeps short intervals (a few
+# seconds, where a slow guest agent under load stretches a period several times) from losing
+# their data to ordinary jitter.
 GAP_PERIODS = 2.5
+GAP_MIN_S = 60.0
 # What a collector's wants see: no replies yet, and nothing to count.
 NO_REPLIES = Replies()
 NOT_COUNTED: Counter[str] = Counter()
@@ -310,15 +313,17 @@ class Scheduler:
         return datums
 
     def _forget_after_gaps(self, state: VmState, turn: list[CollectorPlan], now: float) -> None:
-        """A collector whose last sample is more than GAP_PERIODS of its periods old (QMP or
-        the guest agent was down, the VM's collection overran, a sample failed) starts again
+        """A collector whose last sample is more than GAP_PERIODS of its periods (and GAP_MIN_S)
+        old (QMP or the guest agent was down, the VM's collection overran, a sample failed)
+        starts again
         from its next sample: a delta over the gap would be reported as one period (a 600 s
         gap as one 60 s VolumeIdleTime of 600). Counted per VM as `gap.<collector>`."""
         for plan in turn:
             name = plan.collector.name
             last = state.sampled_at.get(name)
             period = plan.every * self.config.interval_s
-            if last is None or now - last <= GAP_PERIODS * period or name not in state.prev:
+            limit = max(GAP_PERIODS * period, GAP_MIN_S)
+            if last is None or now - last <= limit or name not in state.prev:
                 continue
             del state.prev[name]
             state.errors[f"gap.{name}"] += 1

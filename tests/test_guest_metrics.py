@@ -290,7 +290,24 @@ def test_idle_time_from_guest_busy_time() -> None:
     assert idle_time_s(busy, 60.0, 1_000_000_000, guest_busy_ms=12_500) == 47.5
     assert idle_time_s(busy, 60.0, None, guest_busy_ms=90_000) == 0.0  # clipped
     no_io = busy._replace(rd_operations=0, wr_operations=0)
-    assert idle_time_s(no_io, 60.0, None, guest_busy_ms=5) == 60.0  # no I/O
+    assert idle_time_s(no_io, 60.0, None) == 60.0  # nothing completed, guest unknown: idle
+    # Nothing completed but the guest's disk was busy 5 ms: the guest's figure wins.
+    assert idle_time_s(no_io, 60.0, None, guest_busy_ms=5) == pytest.approx(59.995)
+
+
+def test_a_stalled_volume_is_not_idle() -> None:
+    """QEMU's counters move when requests complete: three requests stuck in flight for a whole
+    60 s period complete nothing, so QEMU alone says idle and an empty queue. The guest's
+    /proc/diskstats (Documentation/admin-guide/iostats.rst) counts the disk busy while any
+    request is in flight (io_ticks: 60,000 ms) and weights time in queue by the requests in
+    flight (3 x 60,000 ms): VolumeIdleTime 0, VolumeQueueLength 3 (iostat's aqu-sz)."""
+    from collectors.blockstats import volume_values
+
+    nothing = BlockCounters(0, 0, 0, 0, 0, 0)
+    qemu_only = volume_values(nothing, 60.0)
+    assert (qemu_only["VolumeIdleTime"], qemu_only["VolumeQueueLength"]) == (60.0, 0.0)
+    seen = volume_values(nothing, 60.0, guest_busy_ms=60_000, guest_queue_ms=3 * 60_000)
+    assert (seen["VolumeIdleTime"], seen["VolumeQueueLength"]) == (0.0, 3.0)
 
 
 def test_block_period_is_between_the_replies() -> None:
