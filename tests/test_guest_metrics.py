@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from typing import Any
 
 import pytest
 from conftest import recorded
@@ -310,25 +311,30 @@ def test_a_stalled_volume_is_not_idle() -> None:
     assert (seen["VolumeIdleTime"], seen["VolumeQueueLength"]) == (0.0, 3.0)
 
 
+def block_datums(view: VmView, first: Any, second: Any) -> Emitter:
+    """blockstats on two query-blockstats replies that QEMU gave 60 s apart."""
+    from collectors.blockstats import BlockSample, BlockStats
+
+    samples: list[BlockSample] = []
+    for reply, at in ((first, 1000.0), (second, 1060.0)):
+        view.replies = Replies({qmp_key("query-blockstats"): reply}, {}, qmp_at=at)
+        samples.append(BlockStats().sample(view, samples[-1] if samples else None))
+    out = Emitter.for_config(view.config, 1.0)
+    BlockStats().emit(samples[0], samples[1], view, out)
+    return out
+
+
 def test_block_period_is_between_the_replies() -> None:
     """A counter belongs to the moment QEMU answered, not to when a collector got to it (after
     the guest agent exchange): the period of VolumeQueueLength's Little's law is the time
     between the two query-blockstats replies. 30 s of write latency accumulated over a 60 s
     period is an average queue of 0.5, however late the samples were parsed."""
-    from collectors.blockstats import BlockSample, BlockStats
-
     reply = recorded("qmp-query-blockstats")
     later = copy.deepcopy(reply)
     for entry in later:
         entry["stats"]["wr_total_time_ns"] += 30_000_000_000
         entry["stats"]["wr_operations"] += 1
-    view = ctx_for({})
-    samples: list[BlockSample] = []
-    for r, at in ((reply, 1000.0), (later, 1060.0)):
-        view.replies = Replies({qmp_key("query-blockstats"): r}, {}, qmp_at=at)
-        samples.append(BlockStats().sample(view, samples[-1] if samples else None))
-    out = Emitter.for_config(view.config, 1.0)
-    BlockStats().emit(samples[0], samples[1], view, out)
+    out = block_datums(ctx_for({}), reply, later)
     queue = [d.value for d in out.datums if d.name == "VolumeQueueLength"]
     assert queue == [pytest.approx(0.5)] * len(reply)
 
@@ -340,8 +346,6 @@ def test_ebs_and_instance_store_sums(spinifex: bool) -> None:
     on a generic host a disk not named after a volume is instance store."""
     import dataclasses
 
-    from collectors.blockstats import BlockSample, BlockStats
-
     reply = copy.deepcopy(recorded("qmp-query-blockstats"))
     reply[0]["device"], reply[0]["qdev"] = "os", ""  # the boot drive, legacy -drive id=os
     later = copy.deepcopy(reply)
@@ -350,12 +354,7 @@ def test_ebs_and_instance_store_sums(spinifex: bool) -> None:
         entry["stats"]["wr_bytes"] += 4096 * 10 * (i + 1)
     view = ctx_for({})
     view.spec = dataclasses.replace(view.spec, all_volumes=spinifex)
-    samples: list[BlockSample] = []
-    for r, at in ((reply, 1000.0), (later, 1060.0)):
-        view.replies = Replies({qmp_key("query-blockstats"): r}, {}, qmp_at=at)
-        samples.append(BlockStats().sample(view, samples[-1] if samples else None))
-    out = Emitter.for_config(view.config, 1.0)
-    BlockStats().emit(samples[0], samples[1], view, out)
+    out = block_datums(view, reply, later)
     got = {d.name: d.value for d in out.datums if d.dimensions[0][0] == "InstanceId"}
     if spinifex:
         assert (got["EBSWriteOps"], got["EBSWriteBytes"]) == (30, 30 * 4096)

@@ -148,6 +148,14 @@ def datum(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
+def statistic_case(name: str, stats: tuple[float, float, float, float], code: Any) -> Case:
+    """A case of one datum carrying only a statistic set (SampleCount, Sum, Minimum,
+    Maximum)."""
+    keys = ("SampleCount", "Sum", "Minimum", "Maximum")
+    statistic_values = dict(zip(keys, stats, strict=True))
+    return Case(name, ns([datum(Value=None, StatisticValues=statistic_values)]), code)
+
+
 def dims(n: int, value: str = "v") -> list[dict[str, str]]:
     return [{"Name": f"d{i}", "Value": value} for i in range(n)]
 
@@ -404,42 +412,9 @@ AWS_CASES = [
     Case("value--inf", ns([datum(Value=-math.inf)]), IPV),
     Case("values-nan", ns([datum(Value=None, Values=[1.0, math.nan])]), IPV),
     Case("counts-inf", ns([datum(Value=None, Values=[1.0], Counts=[math.inf])]), IPV),
-    Case(
-        "statistic-sum-inf",
-        ns(
-            [
-                datum(
-                    Value=None,
-                    StatisticValues={"SampleCount": 1, "Sum": math.inf, "Minimum": 1, "Maximum": 1},
-                )
-            ]
-        ),
-        IPV,
-    ),
-    Case(
-        "statistic-sample-count-0",
-        ns(
-            [
-                datum(
-                    Value=None,
-                    StatisticValues={"SampleCount": 0, "Sum": 0, "Minimum": 0, "Maximum": 0},
-                )
-            ]
-        ),
-        IPV,
-    ),
-    Case(
-        "statistic-minimum-above-maximum",
-        ns(
-            [
-                datum(
-                    Value=None,
-                    StatisticValues={"SampleCount": 2, "Sum": 3, "Minimum": 2, "Maximum": 1},
-                )
-            ]
-        ),
-        IPV,
-    ),
+    statistic_case("statistic-sum-inf", (1, math.inf, 1, 1), IPV),
+    statistic_case("statistic-sample-count-0", (0, 0, 0, 0), IPV),
+    statistic_case("statistic-minimum-above-maximum", (2, 3, 2, 1), IPV),
     Case(
         "statistic-sum-missing",
         ns([datum(Value=None, StatisticValues={"SampleCount": 2, "Minimum": 1, "Maximum": 2})]),
@@ -710,18 +685,7 @@ def test_spinifex_accepts_a_single_value(spinifex: tuple[StrictEndpoint, Any]) -
 
 
 SPINIFEX_CASES = [
-    Case(
-        "statistic-values",
-        ns(
-            [
-                datum(
-                    Value=None,
-                    StatisticValues={"SampleCount": 2, "Sum": 3, "Minimum": 1, "Maximum": 2},
-                )
-            ]
-        ),
-        IPV,
-    ),
+    statistic_case("statistic-values", (2, 3, 1, 2), IPV),
     Case("values", ns([datum(Value=None, Values=[1.0, 2.0])]), IPV),
     Case("values-and-counts", ns([datum(Value=None, Values=[1.0], Counts=[2.0])]), IPV),
     Case("namespace-AWS/", ns([datum()], namespace="AWS/EC2"), IPV),
