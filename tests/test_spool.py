@@ -345,7 +345,9 @@ def test_next_request_fills_one_namespace_within_the_limits(tmp_path: Path) -> N
 
 def test_next_request_adds_record_sizes_up_to_1_mb(tmp_path: Path) -> None:
     spool = open_spool(tmp_path)
-    big = [d._replace(name="x" * 255) for d in datums(400)]  # ~400 KB on the wire
+    each = datum_wire_size(datums(1)[0]._replace(name="x" * 255))
+    n = (MAX_REQUEST_BYTES - REQUEST_OVERHEAD_BYTES) // (2 * each)  # two records fit, not three
+    big = [d._replace(name="x" * 255) for d in datums(n)]
     records = [spool.append("Hive/EC2", big) for _ in range(3)]
     assert REQUEST_OVERHEAD_BYTES + 3 * records[0].wire_bytes > MAX_REQUEST_BYTES
     assert REQUEST_OVERHEAD_BYTES + 2 * records[0].wire_bytes <= MAX_REQUEST_BYTES
