@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hiveagent.config import Config
 from hiveagent.model import Datum
@@ -444,19 +445,23 @@ async def guest_exec(qga_socket: Path, script: str, timeout: float = 60) -> tupl
     Test tooling only: the agent itself never sends state-changing commands."""
     from qga.client import QgaClient
 
-    async with QgaClient(str(qga_socket), timeout=10) as c:
-        started = await c.execute(
-            "guest-exec",
-            {"path": "/bin/sh", "arg": ["-c", script], "capture-output": True},
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            st = await c.execute("guest-exec-status", {"pid": started["pid"]})
-            if st.get("exited"):
-                out = base64.b64decode(st.get("out-data", "")).decode()
-                err = base64.b64decode(st.get("err-data", "")).decode()
-                return int(st.get("exitcode", -1)), out + err
-            await asyncio.sleep(0.2)
+    # One connection per command, as the agent does: a guest agent serves one client at a
+    # time, and a test that held it for a whole command would block the agent's cycles.
+    async def call(command: str, arguments: dict[str, Any]) -> Any:
+        async with QgaClient(str(qga_socket), timeout=10) as c:
+            return await c.execute(command, arguments)
+
+    started = await call(
+        "guest-exec", {"path": "/bin/sh", "arg": ["-c", script], "capture-output": True}
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = await call("guest-exec-status", {"pid": started["pid"]})
+        if st.get("exited"):
+            out = base64.b64decode(st.get("out-data", "")).decode()
+            err = base64.b64decode(st.get("err-data", "")).decode()
+            return int(st.get("exitcode", -1)), out + err
+        await asyncio.sleep(0.2)
     raise TimeoutError(f"guest command did not finish: {script}")
 
 
