@@ -45,11 +45,29 @@ log = logging.getLogger("hiveagent")
 TICK_OFFSET = 0.02
 
 
+# The first period (from the start-up cycle to the first tick) is at least this share of an
+# interval: a cycle started just before a boundary does not close a sliver of a period.
+FIRST_PERIOD_MIN = 0.95
+
+
 def seconds_to_next_tick(wall_s: float, interval_s: int) -> float:
     """Seconds from wall-clock `wall_s` to the next tick: an interval boundary plus
     TICK_OFFSET of the interval; in (0, interval]."""
     offset = TICK_OFFSET * interval_s
     return interval_s - (wall_s - offset) % interval_s
+
+
+def seconds_to_next_cycle(now_wall: float, interval_s: int, first_started: float | None) -> float:
+    """The wait before the next cycle: to the next tick; after the start-up cycle (which began
+    at wall-clock `first_started`, off the ticks), to the first tick that closes a period of
+    at least FIRST_PERIOD_MIN of an interval."""
+    wait = seconds_to_next_tick(now_wall, interval_s)
+    if (
+        first_started is not None
+        and now_wall + wait - first_started < FIRST_PERIOD_MIN * interval_s
+    ):
+        wait += interval_s
+    return wait
 
 
 def redact_url(url: str | None) -> str | None:
@@ -255,6 +273,7 @@ class Daemon:
     async def _collect_loop(self) -> None:
         last_self = time.monotonic()
         while not self.stop.is_set():
+            started = time.time()
             datums = self.pipeline.finish(await self.scheduler.collect())
             self.cycles += 1
             self.last_cycle_end = time.monotonic()
@@ -285,8 +304,10 @@ class Daemon:
             if self.max_cycles is not None and self.cycles >= self.max_cycles:
                 break
             # The next tick just after the next interval boundary (a slow cycle skips the ticks
-            # it overran); a reload may change the interval.
-            wait = seconds_to_next_tick(time.time(), self.config.interval_s)
+            # it overran); a reload may change the interval. The first cycle ran whenever the
+            # agent started: its period to the next cycle is made at least about an interval.
+            first_started = started if self.cycles == 1 else None
+            wait = seconds_to_next_cycle(time.time(), self.config.interval_s, first_started)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), wait)
 

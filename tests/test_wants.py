@@ -22,7 +22,7 @@ from collectors.guest_disk_map import DISK_MAP_RESCAN_CYCLES
 from hiveagent.collector import Collector, Emitter, VmView
 from hiveagent.config import parse_config
 from hiveagent.cycle import NotAsked, QmpCall, Replies, VmFacts, qmp_key
-from hiveagent.daemon import TICK_OFFSET, seconds_to_next_tick
+from hiveagent.daemon import TICK_OFFSET, seconds_to_next_cycle, seconds_to_next_tick
 from hiveagent.model import VmSpec
 from hiveagent.scheduler import Scheduler, VmState, interval_warnings, period_stamp
 from hiveagent.vm import VmSession
@@ -201,3 +201,17 @@ def test_the_guest_agent_is_remembered_across_agent_restarts(tmp_path: Any) -> N
     stored = (tmp_path / "guest-agents" / SPEC.instance_id).read_text().split()
     start_time = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19]
     assert stored == [str(os.getpid()), start_time]  # proc(5): starttime is field 22
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(1.7e9, 1.9e9), st.sampled_from([1, 2, 60]), st.floats(0, 0.5))
+def test_the_first_period_is_a_whole_one(started: float, interval: int, took: float) -> None:
+    """The start-up cycle runs whenever the agent starts; the first period it opens is closed by
+    a tick at least 0.95 of an interval later (a start just before a boundary does not make a
+    sliver of a period), and never more than two intervals later."""
+    now = started + took * interval
+    tick = now + seconds_to_next_cycle(now, interval, first_started=started)
+    assert 0.95 * interval - 1e-6 <= tick - started <= 2 * interval + TICK_OFFSET * interval
+    boundary = math.floor(tick / interval) * interval
+    assert tick - boundary == pytest.approx(TICK_OFFSET * interval, rel=0, abs=1e-3)
+    assert seconds_to_next_cycle(now, interval, None) == seconds_to_next_tick(now, interval)
