@@ -298,6 +298,8 @@ class BlockStats(Collector[BlockSample]):
         config, instance_id = vm.config, vm.spec.instance_id
         if config.ebs_enabled:
             for device, d in deltas.items():
+                if not (vm.spec.all_volumes or is_volume(device)):
+                    continue  # instance store: no EBS volume metrics
                 vol = volume_id(device, instance_id)
                 busy = queue = None
                 if vol in cur.guest_busy_ms and vol in prev.guest_busy_ms:

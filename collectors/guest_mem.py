@@ -4,7 +4,8 @@ driver reports (`guest-stats-polling-interval` > 0).
 
 A stat the guest did not report is 2^64-1 and means "no data"; `last-update` 0 means the guest
 never reported: neither becomes a value. `last-update` is the host's epoch time of the guest's
-last report: stats older than two of the plugin's periods when sampled (a guest whose driver
+last report: stats older than two of the plugin's periods (or of the balloon's polling
+interval, when longer) when sampled (a guest whose driver
 stopped reporting, a paused VM) are not this period's, and are not sent (counted as
 `mem.stale`). mem_used = total - free - cached (the CloudWatch
 Agent's used minus buffers, which the balloon does not report).
@@ -94,7 +95,8 @@ class GuestMem(Collector[MemSample | None]):
         assert plugin is not None
         if cur is None:
             return
-        period = max(plugin.interval_s or 0, vm.config.interval_s)
+        # Fresh stats come every polling interval of the balloon, at best every period.
+        period = max(plugin.interval_s or 0, vm.config.interval_s, vm.facts.balloon_poll_s or 0)
         if is_stale(cur, period):
             vm.rejected["mem.stale"] += 1
             return

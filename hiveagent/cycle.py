@@ -39,6 +39,7 @@ class VmFacts(NamedTuple):
     qga_expected: bool = False  # the guest agent should answer (seen, or its port is open)
     qga_error: str | None = None  # why the guest agent exchange failed this cycle
     qga_misses: int = 0  # consecutive cycles it was expected and did not answer
+    balloon_poll_s: int | None = None  # the balloon's guest-stats polling interval, s
 
 
 @dataclass

@@ -45,29 +45,11 @@ log = logging.getLogger("hiveagent")
 TICK_OFFSET = 0.02
 
 
-# The first period (from the start-up cycle to the first tick) is at least this share of an
-# interval: a cycle started just before a boundary does not close a sliver of a period.
-FIRST_PERIOD_MIN = 0.95
-
-
 def seconds_to_next_tick(wall_s: float, interval_s: int) -> float:
     """Seconds from wall-clock `wall_s` to the next tick: an interval boundary plus
     TICK_OFFSET of the interval; in (0, interval]."""
     offset = TICK_OFFSET * interval_s
     return interval_s - (wall_s - offset) % interval_s
-
-
-def seconds_to_next_cycle(now_wall: float, interval_s: int, first_started: float | None) -> float:
-    """The wait before the next cycle: to the next tick; after the start-up cycle (which began
-    at wall-clock `first_started`, off the ticks), to the first tick that closes a period of
-    at least FIRST_PERIOD_MIN of an interval."""
-    wait = seconds_to_next_tick(now_wall, interval_s)
-    if (
-        first_started is not None
-        and now_wall + wait - first_started < FIRST_PERIOD_MIN * interval_s
-    ):
-        wait += interval_s
-    return wait
 
 
 def redact_url(url: str | None) -> str | None:
@@ -243,6 +225,7 @@ class Daemon:
             self.publisher.client = make_client(
                 new.region, new.endpoint_override, new.publish.timeout_s, new.wire_protocol
             )
+            self.publisher.shape_fallback = False  # a new endpoint may take statistic sets
         self.publisher.settings = new.publish
         self.publisher.datum_shape = new.datum_shape
         self.publisher.breaker.failures = new.publish.breaker_failures
@@ -272,8 +255,12 @@ class Daemon:
 
     async def _collect_loop(self) -> None:
         last_self = time.monotonic()
+        # Even the start-up cycle runs on a tick, so that every period is a whole interval.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                self.stop.wait(), seconds_to_next_tick(time.time(), self.config.interval_s)
+            )
         while not self.stop.is_set():
-            started = time.time()
             datums = self.pipeline.finish(await self.scheduler.collect())
             self.cycles += 1
             self.last_cycle_end = time.monotonic()
@@ -304,10 +291,8 @@ class Daemon:
             if self.max_cycles is not None and self.cycles >= self.max_cycles:
                 break
             # The next tick just after the next interval boundary (a slow cycle skips the ticks
-            # it overran); a reload may change the interval. The first cycle ran whenever the
-            # agent started: its period to the next cycle is made at least about an interval.
-            first_started = started if self.cycles == 1 else None
-            wait = seconds_to_next_cycle(time.time(), self.config.interval_s, first_started)
+            # it overran); a reload may change the interval.
+            wait = seconds_to_next_tick(time.time(), self.config.interval_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), wait)
 

@@ -203,14 +203,7 @@ class Publisher:
             # if that is taken, keep to single values for the rest of the run.
             outcome, retried = await self._put(datums, "single_values")
             if outcome is Outcome.SENT:
-                self.shape_fallback = True
-                self.counts["datum_shape_fallbacks"] += 1
-                log.warning(
-                    "the endpoint refused %s (%s) and took single values: basic-monitoring "
-                    "datums go as single values from now on (metrics.datum_shape auto)",
-                    "statistic sets",
-                    detail,
-                )
+                self._fell_back(detail)
             else:
                 detail = retried if outcome is Outcome.INVALID else detail
         if outcome is Outcome.RETRY:
@@ -232,6 +225,15 @@ class Publisher:
     async def _isolate(self, datums: Sequence[Datum], detail: str) -> bool:
         """The endpoint rejected `datums`: find the offending ones by halving, drop only those."""
         if len(datums) == 1:
+            if self._may_fall_back(datums):  # refused as a statistic set: try its single value
+                outcome, why = await self._put(datums, "single_values")
+                if outcome is Outcome.RETRY:
+                    return False
+                if outcome is Outcome.SENT:
+                    self.counts["datums_sent"] += 1
+                    self._fell_back(detail)
+                    return True
+                detail = why
             code = detail.split(":", 1)[0]
             self.ledger.drop(1, f"rejected.{code}", f"{datum_label(datums[0])}: {detail}")
             return True
@@ -245,6 +247,15 @@ class Publisher:
             elif not await self._isolate(half, why):
                 return False
         return True
+
+    def _fell_back(self, detail: str) -> None:
+        self.shape_fallback = True
+        self.counts["datum_shape_fallbacks"] += 1
+        log.warning(
+            "the endpoint refused statistic sets (%s) and took single values: basic-monitoring "
+            "datums go as single values from now on (metrics.datum_shape auto)",
+            detail,
+        )
 
     def _may_fall_back(self, datums: Sequence[Datum]) -> bool:
         return (

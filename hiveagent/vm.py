@@ -72,6 +72,7 @@ class VmSession:
         self.vcpus: int | None = None
         self.vcpu_threads: tuple[int, ...] = ()
         self.balloon: str | None = None
+        self.balloon_poll_s: int | None = None  # its guest-stats polling interval
         self.qga_chardev: str | None = None  # label of the guest agent port's chardev ("": none)
         self.guest_info: GuestInfo | None = None
         self.qga_seen = False  # the guest agent answered during this QEMU process's life
@@ -160,7 +161,7 @@ class VmSession:
         # The guest agent should answer a running VM when it answered before in this QEMU
         # process's life (remembered across agent restarts) or when QEMU says the guest holds
         # its port open (frontend-open: qemu-ga runs): a hung guest is seen at first sight.
-        expected = run_status == "running" and (self.qga_seen or self.qga_port_open is True)
+        expected = self.guest_agent_expected(run_status)
         self.qga_misses = self.qga_misses + 1 if expected and not connected else 0
         facts = VmFacts(
             pid,
@@ -174,12 +175,31 @@ class VmSession:
             expected,
             None if qga_failure is None else str(qga_failure),
             self.qga_misses,
+            self.balloon_poll_s,
         )
         return CycleOutcome(facts, replies, qmp_failure, qga_failure, stale)
 
+    def guest_agent_expected(self, run_status: str | None) -> bool:
+        """Whether the guest agent should answer: the agent uses it, the VM runs, and it
+        answered before in this QEMU process's life or QEMU says the guest holds its port
+        open."""
+        return (
+            self.config.qga_enabled
+            and run_status == "running"
+            and (self.qga_seen or self.qga_port_open is True)
+        )
+
     def _facts(self, pid: int | None, run_status: str | None) -> VmFacts:
         """What is known before the guest agent is asked."""
-        return VmFacts(pid, None, run_status, self.vcpus, self.vcpu_threads, self.balloon)
+        return VmFacts(
+            pid,
+            None,
+            run_status,
+            self.vcpus,
+            self.vcpu_threads,
+            self.balloon,
+            balloon_poll_s=self.balloon_poll_s,
+        )
 
     async def _qmp_part(self, plan: CyclePlan, replies: Replies) -> str | None:
         """QMP up, the process learned, run status current, this cycle's QMP commands asked;
@@ -240,25 +260,31 @@ class VmSession:
         cpus = await self.qmp.execute("query-cpus-fast")
         self.vcpus = self.spec.vcpus or (len(cpus) if isinstance(cpus, list) and cpus else None)
         self.vcpu_threads = parse_vcpu_threads(cpus)
-        self.balloon = None
+        self.balloon, self.balloon_poll_s = None, None
         if self.config.mem is not None:
             self.balloon = await find_balloon(self.qmp)
-            interval = self.config.balloon_polling_interval_s
-            if self.balloon and interval:
-                await self._turn_balloon_polling_on(self.balloon, interval)
+            if self.balloon:
+                self.balloon_poll_s = await self._balloon_polling(self.balloon)
         self.learned = self.vcpus is not None  # no vCPUs yet (hot-plug pending): ask again
 
-    async def _turn_balloon_polling_on(self, path: str, interval: int) -> None:
-        """Only on a balloon whose polling is off: the VM's own setting is never changed."""
+    async def _balloon_polling(self, path: str) -> int | None:
+        """The balloon's guest-stats polling interval (s; how often its stats can be fresh),
+        turned on first when it is off and the operator allows it
+        (`hypervisor.balloon.set_polling_interval_seconds`): the VM's own setting is never
+        changed. None when QEMU refuses."""
         prop = "guest-stats-polling-interval"
+        interval = self.config.balloon_polling_interval_s
         try:
             current = await self.qmp.execute("qom-get", {"path": path, "property": prop})
-            if current == 0:
+            if current == 0 and interval:
                 arguments = {"path": path, "property": prop, "value": interval}
                 await self.qmp.execute("qom-set", arguments)
                 log.info("vm %s: balloon polling turned on (%d s)", self.spec.instance_id, interval)
+                current = interval
         except QmpCommandError as exc:  # QEMU refused: mem_* stay absent, QEMU is still up
-            log.warning("vm %s: balloon polling not turned on: %s", self.spec.instance_id, exc)
+            log.warning("vm %s: balloon polling unknown: %s", self.spec.instance_id, exc)
+            return None
+        return current if current.__class__ is int and current >= 0 else None
 
     async def _qmp_round(self, plan: CyclePlan, replies: Replies) -> QmpError | None:
         """This cycle's QMP commands, all in flight together under one deadline: the plan's,

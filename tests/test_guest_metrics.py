@@ -153,6 +153,14 @@ def test_stale_balloon_stats_are_not_sent() -> None:
         GuestMem().emit(sample, sample, view, out)
         assert bool(out.datums) == sent, read_at - last
         assert view.rejected == (Counter() if sent else Counter({"mem.stale": 1}))
+    # A balloon that polls every 300 s has fresh stats every 300 s at best: two of its
+    # intervals, not two agent periods, make them stale.
+    view.facts = view.facts._replace(balloon_poll_s=300)
+    for read_at, sent in ((last + 250, True), (last + 600, True), (last + 601, False)):
+        sample = parse_guest_stats(reply, sampled_at=read_at)
+        out = Emitter.for_config(view.config, 1.0)
+        GuestMem().emit(sample, sample, view, out)
+        assert bool(out.datums) == sent, read_at - last
 
 
 def test_mem_no_data_is_never_a_value() -> None:
@@ -362,3 +370,6 @@ def test_ebs_and_instance_store_sums(spinifex: bool) -> None:
     else:
         assert (got["EBSWriteOps"], got["EBSWriteBytes"]) == (20, 20 * 4096)
         assert (got["DiskWriteOps"], got["DiskWriteBytes"]) == (10, 10 * 4096)
+    volumes = {d.dimensions[0][1] for d in out.datums if d.dimensions[0][0] == "VolumeId"}
+    expected = {"vol-0123456789abcdef1"} | ({f"{view.spec.instance_id}:os"} if spinifex else set())
+    assert volumes == expected  # instance store has no EBS volume metrics

@@ -204,3 +204,25 @@ def test_default_shape_works_against_every_endpoint(tmp_path: Path, mode: str) -
         assert [(a.value, a.statistic_values) for a in accepted] == [(20.0, None)] * 2
         assert refused == {"InvalidParameterValue": 1}  # the first statistic set only
         assert pub.counts["datum_shape_fallbacks"] == 1
+
+
+def test_fallback_when_a_bad_datum_shares_the_request(tmp_path: Path) -> None:
+    """A request that Spinifex refuses for a bad datum as well as for statistic sets: the
+    statistic set alone, resent as its single value, lands (and single values are used from
+    then on); only the bad datum (a dimension name Spinifex refuses) is dropped, counted."""
+    from tests.strict_endpoint import StrictEndpoint
+
+    window = float((int(time.time()) // 300 - 2) * 300)
+    basic = Datum("Hive/EC2", "NetworkIn", INST, 20.0, "Bytes", window, 60, (5.0, 15.0))
+    bad = Datum("Hive/EC2", "NetworkOut", (("bad-name", "x"),), 1.0, "Bytes", window, 60)
+    with StrictEndpoint("spinifex") as ep:
+        spool = Spool(tmp_path, fsync=False)
+        spool.open()
+        pub = Publisher(make_client("us-east-1", ep.url, 5.0), spool)
+        spool.add([basic, bad])
+        assert asyncio.run(pub.flush())
+        accepted = [(a.name, a.value, a.statistic_values) for a in ep.accepted]
+        spool.close()
+    assert accepted == [("NetworkIn", 20.0, None)]
+    assert pub.counts["datum_shape_fallbacks"] == 1 and pub.stats["datums_sent"] == 1
+    assert pub.ledger.counts == {"rejected.InvalidParameterValue": 1}
