@@ -29,6 +29,7 @@ import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
 from hiveagent.catalog import CATALOG, Family
+from hiveagent.wire import MAX_DIMENSIONS
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -520,9 +521,6 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
     )
     _check_dimension_counts(config, source)
     return config
-
-
-MAX_DIMENSIONS = 30  # CloudWatch's limit per datum
 
 
 def _check_dimension_counts(config: Config, source: str) -> None:

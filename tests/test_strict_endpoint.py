@@ -114,20 +114,24 @@ def protocol(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def emptied(endpoint: StrictEndpoint, client: Any) -> tuple[StrictEndpoint, Any]:
+    """The shared endpoint with nothing accepted or refused yet, and its client."""
+    endpoint.clear()
+    return endpoint, client
+
+
 @pytest.fixture
 def aws(
     aws_endpoint: StrictEndpoint, clients: dict[tuple[str, str], Any], protocol: str
 ) -> tuple[StrictEndpoint, Any]:
-    aws_endpoint.clear()
-    return aws_endpoint, clients[("aws", protocol)]
+    return emptied(aws_endpoint, clients[("aws", protocol)])
 
 
 @pytest.fixture
 def spinifex(
     spinifex_endpoint: StrictEndpoint, clients: dict[tuple[str, str], Any], protocol: str
 ) -> tuple[StrictEndpoint, Any]:
-    spinifex_endpoint.clear()
-    return spinifex_endpoint, clients[("spinifex", protocol)]
+    return emptied(spinifex_endpoint, clients[("spinifex", protocol)])
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -146,6 +150,17 @@ def datum(**fields: Any) -> dict[str, Any]:
     }
     d.update(fields)
     return {k: v for k, v in d.items() if v is not None}
+
+
+def required(field: str) -> str:
+    """AWS's message for an empty or blank field of the first dimension."""
+    return f"The parameter {P}.Dimensions.member.1.{field} is required."
+
+
+def dimension_case(name: str, key: str, value: str, code: Any, message: str | None = None) -> Case:
+    """A case of one datum with one dimension."""
+    dims = [{"Name": key, "Value": value}]
+    return Case(name, ns([datum(Dimensions=dims)]), code, message=message)
 
 
 def statistic_case(name: str, stats: tuple[float, float, float, float], code: Any) -> Case:
@@ -319,36 +334,36 @@ AWS_CASES = [
     Case("31-dimensions", ns([datum(Dimensions=dims(MAX_DIMENSIONS + 1))]), IPV),
     Case("metric-name-256", ns([datum(MetricName="m" * (MAX_NAME + 1))]), IPV),
     Case("metric-name-empty", ns([datum(MetricName="")]), MP),
-    Case(
-        "dimension-name-256",
-        ns([datum(Dimensions=[{"Name": "n" * (MAX_NAME + 1), "Value": "v"}])]),
-        IPV,
-    ),
-    Case(
+    dimension_case("dimension-name-256", "n" * (MAX_NAME + 1), "v", IPV),
+    dimension_case(
         "dimension-name-empty",
-        ns([datum(Dimensions=[{"Name": "", "Value": "v"}])]),
+        "",
+        "v",
         MP,
-        message=f"The parameter {P}.Dimensions.member.1.Name is required.",
+        message=required("Name"),
     ),
-    Case(
+    dimension_case(
         "dimension-value-1025",
-        ns([datum(Dimensions=[{"Name": "n", "Value": "v" * (MAX_DIMENSION_VALUE + 1)}])]),
+        "n",
+        "v" * (MAX_DIMENSION_VALUE + 1),
         IPV,
         message=(
             f"The parameter {P}.Dimensions.member.1.Value must be shorter than 1025 characters."
         ),
     ),
-    Case(
+    dimension_case(
         "dimension-value-empty",
-        ns([datum(Dimensions=[{"Name": "n", "Value": ""}])]),
+        "n",
+        "",
         MP,
-        message=f"The parameter {P}.Dimensions.member.1.Value is required.",
+        message=required("Value"),
     ),
-    Case(
+    dimension_case(
         "dimension-value-blank",
-        ns([datum(Dimensions=[{"Name": "n", "Value": "   "}])]),
+        "n",
+        "   ",
         MP,
-        message=f"The parameter {P}.Dimensions.member.1.Value is required.",
+        message=required("Value"),
     ),
     Case(
         "dimension-name-twice",
