@@ -26,6 +26,7 @@ from hiveagent.config import Config
 from hiveagent.model import Datum
 from hiveagent.pipeline import Pipeline
 from hiveagent.scheduler import Scheduler, VmState
+from tests.strict_endpoint import Mode, StrictEndpoint
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST_DIR = Path(os.environ.get("HIVEAGENT_GUEST_DIR", REPO / ".cache" / "guest"))
@@ -140,6 +141,9 @@ class Harness:
         self.vms: list[Vm] = []
         self._accel: str | None = os.environ.get("HIVEAGENT_TEST_ACCEL") or None
         self.moto: subprocess.Popen[bytes] | None = None
+        self.moto_port = 0
+        self.fronts: dict[int, StrictEndpoint] = {}  # by moto's port
+        self.endpoint: StrictEndpoint | None = None  # the one start_moto returned last
 
     def __enter__(self) -> Harness:
         return self
@@ -158,12 +162,23 @@ class Harness:
                 p.kill()
                 p.wait()
         self.processes.clear()
+        for front in self.fronts.values():
+            front.stop()
+        self.fronts.clear()
 
     # -- endpoint -----------------------------------------------------------------------------
 
-    def start_moto(self, port: int | None = None, recording: Path | None = None) -> str:
-        """moto's server on `port` (a free one by default). With `recording`, every request is
-        appended to that file (moto's recorder), so a restarted server can replay them."""
+    def start_moto(
+        self,
+        port: int | None = None,
+        recording: Path | None = None,
+        mode: Mode = "aws",
+    ) -> str:
+        """moto's server on `port` (a free one by default) behind a StrictEndpoint in `mode`
+        (it refuses what AWS, or Spinifex, refuses; moto stores and answers the rest); the
+        URL is the strict endpoint's. With `recording`, every request is appended to that file
+        (moto's recorder), so a restarted server can replay them. Started again on the same
+        `port` (after `moto.terminate()`, an outage), the same strict endpoint stays in front."""
         port = port or free_port()
         env = dict(os.environ)
         if recording is not None:
@@ -177,7 +192,7 @@ class Harness:
         )
         self.processes.append(p)
         self.moto = p
-        url = f"http://127.0.0.1:{port}"
+        self.moto_port = port
 
         def up() -> bool:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
@@ -185,7 +200,15 @@ class Harness:
             return False
 
         wait_for(up, 30, "moto server")
-        return url
+        front = self.fronts.get(port)
+        if front is None or front.mode != mode:
+            if front is not None:
+                front.stop()
+            front = StrictEndpoint(mode, upstream=f"http://127.0.0.1:{port}")
+            front.start()
+            self.fronts[port] = front
+        self.endpoint = front
+        return front.url
 
     # -- guest agent on the host ----------------------------------------------------------------
 

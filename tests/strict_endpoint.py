@@ -12,6 +12,15 @@ request limits), and in "spinifex" mode also what Spinifex's CloudWatch service 
         ep.fail_next(2, code="Throttling", status=400)  # outages on cue
         ep.wait_for(accepted=10, timeout=5.0); ep.clear()
 
+    with StrictEndpoint(mode="spinifex", upstream=moto_url) as ep:  # in front of moto
+        ...  # PutMetricData checked here, then passed on; everything else passed on as is
+
+In front of an upstream (moto's server), a PutMetricData the endpoint accepts is passed on to
+the upstream byte for byte (moto stores it and answers GetMetricData/ListMetrics later) and the
+upstream's answer is relayed; it counts as accepted only when the upstream accepted it too. Any
+other request (GetMetricData, ListMetrics, moto's /moto-api/...) is passed on untouched. While
+the upstream is down, every request is answered 503 ServiceUnavailable (an endpoint outage).
+
 It speaks both wire protocols botocore uses for CloudWatch: AWS JSON 1.0 (`X-Amz-Target:
 GraniteServiceVersion20100801.PutMetricData`) and awsQuery (form-encoded), gzip bodies or not,
 and answers errors the way each protocol does so that botocore raises a ClientError with the
@@ -67,6 +76,7 @@ Values (LocalStack's AWS-validated test_put_metric_data_validation), so only Val
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import math
 import re
@@ -83,7 +93,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socket import SHUT_RDWR, socket
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 from xml.sax.saxutils import escape
 
 __all__ = [
@@ -310,12 +320,17 @@ class StrictEndpoint:
         *,
         clock: Callable[[], float] = time.time,
         max_request_bytes: int = MAX_REQUEST_BYTES,
+        upstream: str | None = None,
+        port: int = 0,
     ) -> None:
         if mode not in ("aws", "spinifex"):
             raise ValueError(f"mode must be 'aws' or 'spinifex', not {mode!r}")
         self.mode: Mode = mode
         self.clock = clock
         self.max_request_bytes = max_request_bytes
+        self.upstream = urlsplit(upstream) if upstream else None
+        self._bind_port = port
+        self.forwarded = 0  # requests passed on to the upstream (PutMetricData or not)
         self.accepted: list[AcceptedDatum] = []
         self.refused: Counter[str] = Counter()
         self.refusals: list[Refusal] = []
@@ -323,6 +338,7 @@ class StrictEndpoint:
         self._series = _Series()
         self._failures: list[tuple[int, str, str]] = []
         self._lock = threading.Lock()
+        self._order = threading.Lock()  # spinifex: one request's check-deliver-commit at a time
         self._changed = threading.Condition(self._lock)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -349,7 +365,7 @@ class StrictEndpoint:
         class Handler(_Handler):
             owner = endpoint
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = ThreadingHTTPServer(("127.0.0.1", self._bind_port), Handler)
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(
@@ -424,7 +440,11 @@ class StrictEndpoint:
             self.accepted.extend(datums)
             self._changed.notify_all()
 
-    def _put_metric_data(self, params: dict[str, Any], protocol: Protocol) -> list[AcceptedDatum]:
+    def _put_metric_data(
+        self, params: dict[str, Any], protocol: Protocol, deliver: Callable[[], None]
+    ) -> list[AcceptedDatum]:
+        """Check one request; when it passes, `deliver` it (to the upstream; it raises ApiError
+        when the upstream does not take it) and only then move the series on."""
         now = self.clock()
         problems = _Problems()
         namespace = self._namespace(params.get("Namespace"), problems)
@@ -453,9 +473,12 @@ class StrictEndpoint:
             if d is not None:
                 out.append(d)
         problems.raise_if_any()
-        if self.mode == "spinifex":
-            with self._lock:  # check and move the series on as one step
-                moved: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
+        if self.mode != "spinifex":
+            deliver()
+            return out
+        with self._order:  # check, deliver and move the series on as one step
+            moved: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
+            with self._lock:
                 for (prefix, _), d in zip(datums, out, strict=True):
                     previous = moved.get(d.series, self._series.last.get(d.series))
                     if previous is not None and d.timestamp <= previous:
@@ -466,7 +489,9 @@ class StrictEndpoint:
                         )
                     else:
                         moved[d.series] = d.timestamp
-                problems.raise_if_any()
+            problems.raise_if_any()
+            deliver()
+            with self._lock:
                 self._series.last.update(moved)
         return out
 
@@ -823,8 +848,14 @@ class _Handler(BaseHTTPRequestHandler):
         body_bytes = -1
         datums: list[AcceptedDatum] = []
         error: ApiError | None = None
+        relayed: tuple[int, list[tuple[str, str]], bytes] | None = None
         try:
             wire = self._read_body()
+            if self.owner.upstream is not None and not self._is_put_metric_data(
+                protocol, target, wire, encoding
+            ):
+                self._relay(self._forward(wire))
+                return
             failure = self.owner._next_failure()
             if failure is not None:
                 raise ApiError(*failure)
@@ -840,7 +871,18 @@ class _Handler(BaseHTTPRequestHandler):
                     "RequestEntityTooLarge",
                     f"Request size {body_bytes} exceeded {self.owner.max_request_bytes} bytes",
                 )
-            datums = self.owner._put_metric_data(self._parse(body, protocol), protocol)
+
+            def deliver() -> None:
+                nonlocal relayed
+                if self.owner.upstream is None:
+                    return
+                relayed = self._forward(wire)
+                if relayed[0] != 200:
+                    raise ApiError(  # the upstream's answer is relayed as it is
+                        relayed[0], "Upstream", relayed[2][:500].decode("utf-8", "replace")
+                    )
+
+            datums = self.owner._put_metric_data(self._parse(body, protocol), protocol, deliver)
         except ApiError as e:
             error = e
         except Exception as e:  # a bug here must still answer: as a 500
@@ -857,10 +899,61 @@ class _Handler(BaseHTTPRequestHandler):
             datums if error is None else [],
             None if error is None else Refusal(error.status, error.code, error.message, protocol),
         )
-        if error is None:
+        if relayed is not None:
+            self._relay(relayed)
+        elif error is None:
             self._success(protocol)
         else:
             self._error(protocol, error)
+
+    # -- in front of an upstream ---------------------------------------------------------------
+    def _is_put_metric_data(
+        self, protocol: Protocol, target: str | None, wire: bytes, encoding: str
+    ) -> bool:
+        if self.path.split("?")[0] not in ("/", ""):
+            return False  # moto's own API (/moto-api/...) and anything else off the root
+        if protocol == "json":
+            return target == JSON_TARGET
+        try:
+            body = self._decode(wire, encoding)
+        except ApiError:
+            return True  # let the PutMetricData checks answer it
+        return b"Action=PutMetricData" in body
+
+    def _forward(self, wire: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Pass the request on as it came; the upstream's status, headers and body. An upstream
+        that cannot be reached is an outage: 503 ServiceUnavailable."""
+        up = self.owner.upstream
+        assert up is not None
+        conn = http.client.HTTPConnection(up.hostname or "127.0.0.1", up.port or 80, timeout=60)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+            conn.request(self.command, self.path, body=wire, headers=headers)
+            reply = conn.getresponse()
+            body = reply.read()
+            keep = [
+                (k, v)
+                for k, v in reply.getheaders()
+                if k.lower() not in ("connection", "transfer-encoding", "content-length", "date")
+                and not k.lower().startswith("server")
+            ]
+            self.owner.forwarded += 1
+            return reply.status, keep, body
+        except OSError as e:
+            raise ApiError(  # AWS's common error code; message ours
+                503, "ServiceUnavailable", f"The upstream cannot be reached: {e}"
+            ) from e
+        finally:
+            conn.close()
+
+    def _relay(self, reply: tuple[int, list[tuple[str, str]], bytes]) -> None:
+        status, headers, body = reply
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _check_protocol(self, protocol: Protocol, content_type: str, target: str | None) -> None:
         if protocol == "json":
@@ -1005,10 +1098,21 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(e.status, "text/xml", xml.encode(), {"x-amzn-RequestId": request_id})
 
     def do_GET(self) -> None:
-        self._method_not_allowed()
+        self._pass_on_or_refuse()
 
     def do_PUT(self) -> None:
-        self._method_not_allowed()
+        self._pass_on_or_refuse()
+
+    def _pass_on_or_refuse(self) -> None:
+        if self.owner.upstream is None:
+            self._method_not_allowed()
+            return
+        try:
+            self._relay(
+                self._forward(self._read_body() if self.headers.get("Content-Length") else b"")
+            )
+        except ApiError as e:
+            self._error("query", e)
 
     def _method_not_allowed(self) -> None:
         self.close_connection = True

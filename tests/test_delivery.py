@@ -242,7 +242,7 @@ def compare(url: str, datums: list[Datum]) -> tuple[int, int, list[str]]:
 def test_endpoint_outage_of_minutes_loses_nothing(fleet: Harness, tmp_path: Path) -> None:
     recording = tmp_path / "moto-recording.jsonl"
     url = fleet.start_moto(recording=recording)
-    port = int(url.rsplit(":", 1)[1])
+    port = fleet.moto_port
     agent = AgentProcess(fleet, tmp_path / "agent", url)
     agent.start()
     wait_for(lambda: agent.status()["publisher"]["stats"].get("datums_sent", 0) > 0, 30, "sends")

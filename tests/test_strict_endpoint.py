@@ -12,6 +12,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -769,3 +770,75 @@ def test_spinifex_checks_the_order_within_one_request_and_keeps_nothing_of_a_ref
         (t - timedelta(minutes=1)).timestamp(),
         t.timestamp(),
     ]
+
+
+# -- in front of moto ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def moto_upstream(harness: Any, moto_url: str) -> str:
+    """The URL of the session's moto server itself (moto_url is the strict endpoint before it)."""
+    front = next(f for f in harness.fronts.values() if f.url == moto_url)
+    return str(front.upstream.geturl())
+
+
+def read_back(client: Any, namespace: str, name: str, instance: str) -> list[float]:
+    end = now() + timedelta(minutes=1)
+    reply = client.get_metric_data(
+        MetricDataQueries=[
+            {
+                "Id": "m",
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": namespace,
+                        "MetricName": name,
+                        "Dimensions": [{"Name": "InstanceId", "Value": instance}],
+                    },
+                    "Period": 60,
+                    "Stat": "Sum",
+                },
+            }
+        ],
+        StartTime=end - timedelta(minutes=30),
+        EndTime=end,
+    )
+    return [float(v) for v in reply["MetricDataResults"][0]["Values"]]
+
+
+@pytest.mark.parametrize("mode", ["aws", "spinifex"])
+def test_in_front_of_moto_what_passes_is_stored_and_read_back_through_it(
+    moto_upstream: str, data_paths: dict[str, Path], protocol: str, mode: str
+) -> None:
+    namespace = f"Front/{mode}/{protocol}"
+    instance = f"i-{uuid.uuid4().hex[:17]}"
+    with StrictEndpoint(cast(Any, mode), upstream=moto_upstream) as ep:
+        client = make_client(ep.url, data_paths[protocol])
+        good = datum(Dimensions=[{"Name": "InstanceId", "Value": instance}], Value=7.0)
+        client.put_metric_data(Namespace=namespace, MetricData=[good])
+        bad = datum(Dimensions=[{"Name": "InstanceId", "Value": instance}], Value=math.inf)
+        with pytest.raises(ClientError):
+            client.put_metric_data(Namespace=namespace, MetricData=[bad])
+        # GetMetricData is not checked here, only passed on: moto answers it.
+        assert read_back(client, namespace, "CPUUtilization", instance) == [7.0]
+        assert [d.value for d in ep.accepted] == [7.0]
+        assert ep.forwarded == 2  # the accepted PutMetricData and the GetMetricData
+        assert ep.refused == {"InvalidParameterValue": 1}
+
+
+def test_in_front_of_a_stopped_upstream_every_request_is_an_outage(
+    data_paths: dict[str, Path], protocol: str
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with StrictEndpoint("spinifex", upstream=dead) as ep:
+        client = make_client(ep.url, data_paths[protocol])
+        t = now() - timedelta(minutes=1)
+        with pytest.raises(ClientError) as info:
+            client.put_metric_data(Namespace="Front", MetricData=[datum(Timestamp=t)])
+        code, status, _ = error_of(info.value)
+        assert (code, status) == ("ServiceUnavailable", 503)
+        assert ep.accepted == []
+        # The series did not move on: the same sample is not a duplicate once the
+        # upstream is back (here: the endpoint without upstream, same series state).
+        ep.upstream = None
+        client.put_metric_data(Namespace="Front", MetricData=[datum(Timestamp=t)])
+        assert len(ep.accepted) == 1
