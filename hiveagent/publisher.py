@@ -215,15 +215,19 @@ class Publisher:
                 if not await self._deliver([item]):
                     return False
             return True
-        elif not await self._isolate(datums, detail):
+        elif not await self._isolate(datums, detail, group[0][0].replayed):
             return False
         for record, _ in group:
             self.spool.done(record)
         self.spool.commit()
         return True
 
-    async def _isolate(self, datums: Sequence[Datum], detail: str) -> bool:
-        """The endpoint rejected `datums`: find the offending ones by halving, drop only those."""
+    async def _isolate(self, datums: Sequence[Datum], detail: str, replayed: bool = False) -> bool:
+        """The endpoint rejected `datums`: find the offending ones by halving, drop only those.
+        `replayed`: they were read back from the spool at start, so they may have reached the
+        endpoint before the restart; one that is refused now is counted as `resent_refused`
+        (an endpoint that refuses duplicate samples, as Spinifex's does, refuses it for that),
+        not as rejected."""
         if len(datums) == 1:
             if self._may_fall_back(datums):  # refused as a statistic set: try its single value
                 outcome, why = await self._put(datums, "single_values")
@@ -235,6 +239,15 @@ class Publisher:
                     return True
                 detail = why
             code = detail.split(":", 1)[0]
+            if replayed:
+                self.counts["resent_refused"] += 1
+                log.warning(
+                    "resent after a restart and refused, most likely because the endpoint has it "
+                    "from before the restart (it was in flight then): %s: %s",
+                    datum_label(datums[0]),
+                    detail,
+                )
+                return True
             self.ledger.drop(1, f"rejected.{code}", f"{datum_label(datums[0])}: {detail}")
             return True
         mid = len(datums) // 2
@@ -244,7 +257,7 @@ class Publisher:
                 return False
             if outcome is Outcome.SENT:
                 self.counts["datums_sent"] += len(half)
-            elif not await self._isolate(half, why):
+            elif not await self._isolate(half, why, replayed):
                 return False
         return True
 

@@ -8,6 +8,11 @@ Layout under the spool directory:
 - `cursor`: msgpack `[segment, offset]` of the oldest record not yet done, written atomically
   (temporary file, fsync, rename). Everything before it is done; segments wholly before it are
   deleted.
+- `done`: `segment:u32 offset:u32` pairs (little endian) of records done while an older one was
+  still pending, appended before the cursor is written and emptied once the cursor has passed
+  them all. A restart skips them, so only what was in flight when the process died is sent
+  again (and such records come back marked `replayed`, for the publisher to tell a refused
+  duplicate apart from a bad datum).
 
 A record is a 12-byte header `"HR" count:u16 length:u32 crc32:u32` (little endian) and `length`
 bytes of msgpack: `[namespace, [[name, [k, v, k, v, ...], value, unit, timestamp, resolution],
@@ -15,7 +20,8 @@ bytes of msgpack: `[namespace, [[name, [k, v, k, v, ...], value, unit, timestamp
 that many dropped datums.
 
 Records may be marked done out of order (one request per namespace); the cursor only moves over
-the done prefix, so a crash resends at most the records done after the oldest pending one.
+the done prefix, and the `done` marks cover the rest, so a crash resends at most the request
+that was in flight.
 When the disk cannot be written (full, read-only, I/O error), records are kept in a bounded
 memory queue instead, and the loss of those at shutdown or overflow is counted.
 
@@ -67,6 +73,8 @@ MAX_RECORD_DATUMS = 0xFFFF
 MAX_RECORD_BYTES = 8 << 20
 HOT_CACHE_DATUMS = 50_000  # datums of freshly written records kept in memory, not re-read
 CURSOR = "cursor"
+DONE = "done"
+DONE_MARK = struct.Struct("<II")  # segment, offset of a record done out of order
 SCAN_AHEAD = 2000  # pending records looked at to fill one request
 
 
@@ -92,6 +100,7 @@ class Record:
     wire_bytes: int = 0  # its datums' datum_wire_size, summed once (at append or open)
     datums: Sequence[Datum] | None = None  # kept for memory-only records
     too_old_counted: int = 0  # datums of it already counted as dropped too_old
+    replayed: bool = False  # read back at open: it may have reached the endpoint before
 
 
 Request = list[tuple[Record, list[Datum]]]  # one namespace's records, with the datums to send
@@ -214,6 +223,9 @@ class Spool:
         self.corrupt_records = 0
         self.write_errors = 0
         self.datums_spooled = 0  # by add()
+        self.done_marks: set[tuple[int, int]] = set()  # disk records done, ahead of the cursor
+        self.marks_written: set[tuple[int, int]] = set()  # of those, already in the file
+        self.marks_in_file = 0  # pairs in the `done` file, obsolete ones included
 
     # -- opening and replay ------------------------------------------------------------------
 
@@ -226,6 +238,8 @@ class Spool:
             self._disk_failed(f"cannot use spool directory {self.dir}: {exc}")
             return
         self.cursor = self._read_cursor(segments)
+        delivered = self._read_done_marks()
+        skipped = 0
         for seg in segments:
             path = self._path(seg)
             if seg < self.cursor[0]:
@@ -241,6 +255,11 @@ class Spool:
             start = self.cursor[1] if seg == self.cursor[0] else 0
             try:
                 for offset, length, namespace, datums in read_records(data, start):
+                    if (seg, offset) in delivered:
+                        skipped += len(datums)
+                        self.done_marks.add((seg, offset))
+                        self.marks_written.add((seg, offset))
+                        continue
                     self._track(
                         Record(
                             self._take_seq(),
@@ -251,6 +270,7 @@ class Spool:
                             offset,
                             length,
                             wire_bytes=sum(map(datum_wire_size, datums)),
+                            replayed=True,
                         )
                     )
             except SpoolCorrupt as exc:
@@ -262,11 +282,25 @@ class Spool:
         self._enforce_limits()  # the bound may have been lowered since the last run
         if self.pending:
             log.info(
-                "spool: %d batch(es), %d datum(s) to replay from %s",
+                "spool: %d batch(es), %d datum(s) to replay from %s (%d delivered before, skipped)",
                 len(self.pending),
                 self.pending_datums,
                 self.dir,
+                skipped,
             )
+
+    def _read_done_marks(self) -> set[tuple[int, int]]:
+        """The `done` file's marks at or after the cursor (a torn last pair is ignored)."""
+        try:
+            data = (self.dir / DONE).read_bytes()
+        except FileNotFoundError:
+            return set()
+        except OSError as exc:
+            log.error("spool: cannot read %s: %s; records done before may be resent", DONE, exc)
+            return set()
+        whole = len(data) - len(data) % DONE_MARK.size
+        self.marks_in_file = whole // DONE_MARK.size
+        return {m for m in DONE_MARK.iter_unpack(data[:whole]) if m >= self.cursor}
 
     def _read_cursor(self, segments: list[int]) -> tuple[int, int]:
         path = self.dir / CURSOR
@@ -487,7 +521,10 @@ class Spool:
         return group
 
     def done(self, record: Record) -> None:
-        """The record was delivered, or dropped with a counted reason."""
+        """The record was delivered, or dropped with a counted reason (made durable by the next
+        `commit`)."""
+        if record.segment is not None and record.seq in self.pending:
+            self.done_marks.add((record.segment, record.offset))
         self._forget(record)
 
     def _forget(self, record: Record) -> None:
@@ -508,6 +545,10 @@ class Spool:
             cursor = (oldest.segment, oldest.offset)
         else:
             cursor = (self.active, self.segment_sizes.get(self.active, 0))
+        self.done_marks = {m for m in self.done_marks if m >= cursor}
+        self.marks_written &= self.done_marks
+        if self.done_marks - self.marks_written:
+            self._write_done_marks()
         if cursor == self.cursor:
             return
         try:
@@ -522,9 +563,44 @@ class Spool:
             self._disk_failed(f"cannot write the spool cursor: {exc}")
             return
         self.cursor = cursor
+        if not self.done_marks and self.marks_in_file:
+            try:  # every mark is behind the cursor now
+                os.truncate(self.dir / DONE, 0)
+                self.marks_in_file = 0
+            except OSError as exc:
+                log.warning("spool: cannot empty %s: %s", DONE, exc)
         for seg in sorted(self.segment_sizes):
             if seg < cursor[0] and seg != self.active:
                 self._unlink(seg)
+
+    def _write_done_marks(self) -> None:
+        """Append the new marks (rewrite the file when it is mostly obsolete marks), durably
+        before the cursor that relies on them."""
+        new = sorted(self.done_marks - self.marks_written)
+        rewrite = self.marks_in_file > 2 * len(self.done_marks) + 64
+        marks = sorted(self.done_marks) if rewrite else new
+        data = b"".join(DONE_MARK.pack(*m) for m in marks)
+        try:
+            if rewrite:
+                tmp = self.dir / (DONE + ".tmp")
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    if self.fsync:
+                        os.fsync(f.fileno())
+                os.replace(tmp, self.dir / DONE)
+                self.marks_in_file = len(marks)
+            else:
+                with open(self.dir / DONE, "ab") as f:
+                    f.write(data)
+                    f.flush()
+                    if self.fsync:
+                        os.fsync(f.fileno())
+                self.marks_in_file += len(marks)
+        except OSError as exc:  # at worst they are sent again after a restart
+            log.warning("spool: cannot write %s: %s", DONE, exc)
+            return
+        self.marks_written |= set(marks)
 
     def close(self) -> None:
         self.commit()

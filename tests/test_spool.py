@@ -96,15 +96,44 @@ def test_out_of_order_completion_keeps_the_oldest_pending(tmp_path: Path) -> Non
     spool.done(c)
     spool.commit()
     spool.close()
+    # The cursor stays at a; b and c are remembered as done (8 bytes each: segment, offset).
+    assert (tmp_path / "done").stat().st_size == 2 * 8
     again = open_spool(tmp_path)
-    # a is pending, so it and everything after it come back: b and c are resent (at-least-once).
-    assert [r.oldest for r in again.records()] == [1e9, 2e9, 3e9]
+    # Only a comes back, marked as possibly delivered before: b and c are not sent again.
+    assert [(r.oldest, r.replayed) for r in again.records()] == [(1e9, True)]
     for r in again.records():
         again.done(r)
     again.commit()
+    # The cursor has passed every mark: the file is emptied.
+    assert (tmp_path / "done").stat().st_size == 0
+    again.append("Hive/EC2", datums(1, start=4e9))
     again.close()
-    assert list(open_spool(tmp_path).records()) == []
+    assert [(r.oldest, r.replayed) for r in open_spool(tmp_path).records()] == [(4e9, True)]
     assert a.count == 1
+
+
+def test_done_marks_torn_or_lost_resend_but_lose_nothing(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    records = [spool.append("Hive/EC2", datums(1, start=1e9 + k)) for k in range(4)]
+    for r in records[1:]:
+        spool.done(r)
+    spool.commit()
+    spool.close()
+    marks = tmp_path / "done"
+    with open(marks, "r+b") as f:  # a crash tore the last pair
+        f.truncate(3 * 8 - 3)
+    again = open_spool(tmp_path)
+    # The torn mark's record is sent again (at-least-once); the whole marks hold.
+    assert [r.oldest for r in again.records()] == [1e9, 1e9 + 3]
+    again.close()
+    marks.unlink()
+    assert len(list(open_spool(tmp_path).records())) == 4
+
+
+def test_records_written_by_this_process_are_not_replays(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    r = spool.append("Hive/EC2", datums(1))
+    assert r.replayed is False
 
 
 def test_finished_segments_are_deleted(tmp_path: Path) -> None:
