@@ -20,6 +20,7 @@ import logging
 import signal
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -100,7 +101,7 @@ class Daemon:
         )
         self.publisher.datum_shape = config.datum_shape
         self.scheduler = Scheduler(config)
-        self.pipeline = Pipeline(config)
+        self.pipeline = Pipeline(config, Path(config.state_dir) / "basic-windows-sent.json")
         self.self_metrics = SelfMetrics(config)
         self.stop = asyncio.Event()
         self.flush_wanted = asyncio.Event()

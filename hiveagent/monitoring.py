@@ -11,6 +11,11 @@
   the mean for a gauge (CPUUtilization, GuestVCPUsOnline), as the catalog says of each
   metric (`MetricSpec.kind`).
 - Status checks go every cycle in both tiers; EBS metrics are per minute for every volume.
+- No sample is sent twice under one timestamp, and a series' timestamps only move forward (an
+  endpoint that keeps single values, as Spinifex's does, refuses anything else): a window that
+  began before the VM's last detailed datum, or before the agent started (its first part may
+  have gone out at the last shutdown as a partial window), is not gathered: its samples go as
+  they are, as a detailed VM's would, until the next window begins (`BasicWindows.not_before`).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class BasicWindows:
     open: dict[tuple[str, str, tuple[tuple[str, str], ...]], tuple[float, list[Datum]]] = field(
         default_factory=dict
     )
+    not_before: float = -math.inf  # windows starting at or before this are not gathered
 
     def add(self, datums: list[Datum]) -> list[Datum]:
         """Gather EC2 datums; return status checks, other families and closed windows."""
@@ -66,8 +72,11 @@ class BasicWindows:
             if passes_through(d):
                 out.append(d)
                 continue
-            key = (d.namespace, d.name, d.dimensions)
             w = window_start(d.timestamp)
+            if w <= self.not_before:
+                out.append(d)
+                continue
+            key = (d.namespace, d.name, d.dimensions)
             current = self.open.get(key)
             if current is not None and current[0] != w:
                 out.append(aggregate(*current))

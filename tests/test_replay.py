@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from hiveagent.config import PublishSettings
-from hiveagent.model import Datum
+from hiveagent.config import Config, PublishSettings, parse_config
+from hiveagent.model import Datum, VmSpec
+from hiveagent.pipeline import Pipeline
 from hiveagent.publisher import Publisher
 from hiveagent.spool import Spool
 from hiveagent.wire import make_client, to_metric_datum
@@ -105,3 +106,90 @@ def test_a_duplicate_that_is_not_a_replay_is_a_rejected_datum(
     assert asyncio.run(pub.flush())
     assert pub.stats["dropped.rejected.InvalidParameterValue"] == 1
     assert "resent_refused" not in pub.stats
+
+
+# -- basic monitoring's 5-minute windows -----------------------------------------------------------
+def vm(period_s: int) -> VmSpec:
+    return VmSpec("i-0123456789abcdef0", "", None, None, None, period_s, None, "test")
+
+
+def ec2_minute(config: Config, ts: float, k: int) -> list[Datum]:
+    """One cycle's EC2 datums: a per-period total (NetworkIn) and a gauge (CPUUtilization)."""
+    dims = (("InstanceId", "i-0123456789abcdef0"),)
+    ns = config.ec2_namespace
+    return [
+        Datum(ns, "CPUUtilization", dims, float(k), "Percent", ts, 60),
+        Datum(ns, "NetworkIn", dims, 1000.0 + k, "Bytes", ts, 60),
+    ]
+
+
+def send(spinifex: StrictEndpoint, spool: Spool, datums: list[Datum]) -> Publisher:
+    pub = Publisher(make_client("us-east-1", spinifex.url), spool, SETTINGS)
+    pub.datum_shape = "single_values"  # what Spinifex takes
+    spool.add(datums)
+    assert asyncio.run(pub.flush())
+    return pub
+
+
+def network_in(spinifex: StrictEndpoint) -> float:
+    return sum(d.value for d in spinifex.accepted if d.name == "NetworkIn")
+
+
+@pytest.mark.parametrize(
+    "periods",
+    [
+        (60,) * 3 + (300,) * 9,  # detailed, then basic from the middle of a window
+        (300,) * 4 + (60,) * 3 + (300,) * 6,  # basic, detailed, basic again
+    ],
+    ids=["detailed-to-basic", "basic-detailed-basic"],
+)
+def test_a_tier_switch_never_sends_a_series_backwards(
+    tmp_path: Path, spinifex: StrictEndpoint, periods: tuple[int, ...]
+) -> None:
+    config = parse_config({"hypervisor": {"state_dir": str(tmp_path)}})
+    pipeline = Pipeline(config)
+    spool = opened(tmp_path / "spool")
+    # Minutes from 1 past a 5-minute boundary, stamped at the end of each minute: the switches
+    # fall inside windows.
+    start = (time.time() // 300 - 4) * 300 + 60
+    fed = 0.0
+    for k, period in enumerate(periods):
+        minute_datums = ec2_minute(config, start + 60 * k, k)
+        fed += minute_datums[1].value
+        send(spinifex, spool, pipeline.finish_vm(vm(period), minute_datums))
+    pub = send(spinifex, spool, pipeline.drain())
+    assert spinifex.refusals == []
+    assert not [k for k in pub.stats if k.startswith("dropped.")]
+    # Every minute's bytes arrived once (a window's single value is its sum).
+    assert network_in(spinifex) == fed
+    stamps = [d.timestamp for d in spinifex.accepted if d.name == "NetworkIn"]
+    assert stamps == sorted(stamps)
+
+
+def test_a_restart_inside_a_window_does_not_send_it_twice(
+    tmp_path: Path, spinifex: StrictEndpoint
+) -> None:
+    config = parse_config({"hypervisor": {"state_dir": str(tmp_path)}})
+    state = tmp_path / "basic-windows-sent.json"
+    spool = opened(tmp_path / "spool")
+    start = (time.time() // 300 - 4) * 300 + 60
+    fed = 0.0
+    first = Pipeline(config, state)
+    for k in range(3):  # minutes 1-3 of a window, then a shutdown closes it early
+        minute_datums = ec2_minute(config, start + 60 * k, k)
+        fed += minute_datums[1].value
+        send(spinifex, spool, first.finish_vm(vm(300), minute_datums))
+    partial = first.drain()
+    assert [d.timestamp for d in partial if d.name == "NetworkIn"] == [start - 60]
+    send(spinifex, spool, partial)
+    again = Pipeline(config, state)  # the next start, same window
+    for k in range(3, 11):
+        minute_datums = ec2_minute(config, start + 60 * k, k)
+        fed += minute_datums[1].value
+        send(spinifex, spool, again.finish_vm(vm(300), minute_datums))
+    send(spinifex, spool, again.drain())
+    assert spinifex.refusals == []
+    assert network_in(spinifex) == fed
+    # The rest of the first window went minute by minute; the next windows were gathered.
+    windows = [d for d in spinifex.accepted if d.name == "NetworkIn" and d.timestamp % 300 == 0]
+    assert [w.timestamp - (start - 60) for w in windows] == [0.0, 300.0, 600.0]
