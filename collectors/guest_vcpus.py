@@ -32,6 +32,7 @@ def parse_vcpus(
 class GuestVcpus(Collector[int]):
     name = "guest_vcpus"
     qga_command = "guest-get-vcpus"
+    deltas = False  # read whole each cycle
 
     plugin = "cpu"  # sent with the cpu plugin, at its interval
 

@@ -51,6 +51,7 @@ def status_checks(s: StatusSample) -> tuple[int, int] | None:
 class Status(Collector[StatusSample]):
     name = "status"
     needs_qmp = False
+    deltas = False  # read whole each cycle
 
     def enabled(self, config: object) -> bool:
         return bool(getattr(config, "ec2_enabled", True))

@@ -201,6 +201,9 @@ class Collector(ABC, Generic[S]):
     # The metrics.metrics_collected section this collector serves ("cpu", "disk", ...): it is
     # enabled when the section is present and follows its metrics_collection_interval.
     plugin: ClassVar[str | None] = None
+    # Whether `emit` turns two samples into per-period values (counters' deltas): after a gap
+    # the scheduler re-primes such a collector (counted). False for gauges read whole each time.
+    deltas: ClassVar[bool] = True
 
     def enabled(self, config: Config) -> bool:
         return self.plugin is None or getattr(config, self.plugin) is not None

@@ -40,12 +40,13 @@ log = logging.getLogger(__name__)
 GC_YOUNG_THRESHOLD = 20_000
 
 # A collector's delta over more than this many of its periods, and over GAP_MIN_S, is not
-# reported as one period (re-primed instead). 2.5 periods let one skipped tick (a cycle that
-# overran its interval: a period of 2) through; the minute keeps short intervals (a few
-# seconds, where a slow guest agent under load stretches a period several times) from losing
-# their data to ordinary jitter.
-GAP_PERIODS = 2.5
-GAP_MIN_S = 60.0
+# reported as one period (re-primed instead). Cycles tick on the interval's boundaries (see the
+# daemon), so consecutive samples are one period apart give or take the VM's wait for its turn
+# and its replies; a skipped tick makes two, which is already wrong as one period. The few
+# seconds keep very short intervals (1-3 s, where a slow guest agent under load delays a
+# sample by a second or two) from losing their data to ordinary jitter.
+GAP_PERIODS = 1.5
+GAP_MIN_S = 5.0
 # What a collector's wants see: no replies yet, and nothing to count.
 NO_REPLIES = Replies()
 NOT_COUNTED: Counter[str] = Counter()
@@ -313,28 +314,31 @@ class Scheduler:
         return datums
 
     def _forget_after_gaps(self, state: VmState, turn: list[CollectorPlan], now: float) -> None:
-        """A collector whose last sample is more than GAP_PERIODS of its periods (and GAP_MIN_S)
-        old (QMP or the guest agent was down, the VM's collection overran, a sample failed)
-        starts again
-        from its next sample: a delta over the gap would be reported as one period (a 600 s
-        gap as one 60 s VolumeIdleTime of 600). Counted per VM as `gap.<collector>`."""
+        """A delta collector whose last sample is more than GAP_PERIODS of its periods (and
+        GAP_MIN_S) old (QMP or the guest agent was down, a tick was skipped, a sample failed)
+        starts again from its next sample: a delta over the gap would be reported as one period
+        (a 600 s gap as one 60 s VolumeIdleTime of 600). Counted per VM and collector as
+        `gap.<collector>`, logged once per VM and cycle."""
+        reprimed = []
         for plan in turn:
             name = plan.collector.name
             last = state.sampled_at.get(name)
             period = plan.every * self.config.interval_s
             limit = max(GAP_PERIODS * period, GAP_MIN_S)
-            if last is None or now - last <= limit or name not in state.prev:
+            if not plan.collector.deltas or last is None or now - last <= limit:
+                continue
+            if name not in state.prev:
                 continue
             del state.prev[name]
             state.errors[f"gap.{name}"] += 1
             self.stats["reprimed_after_gap"] += 1
+            reprimed.append(f"{name} {now - last:.0f} s (period {period} s)")
+        if reprimed:
             log.warning(
-                "vm %s: %s: %.0f s since its last sample (period %d s): not reported as one "
-                "period; counters start again",
+                "vm %s: a gap since the last sample, not reported as one period; counters "
+                "start again: %s",
                 state.spec.instance_id,
-                name,
-                now - last,
-                period,
+                ", ".join(reprimed),
             )
 
     def _count_failures(self, state: VmState, outcome: CycleOutcome) -> None:

@@ -274,3 +274,68 @@ def test_a_gap_is_not_reported_as_one_period(harness: Any) -> None:
     state = agent.vms[vm.instance_id]
     assert state.errors["gap.blockstats"] == 1 and state.errors["gap.process_cpu"] == 1
     assert agent.scheduler.stats["reprimed_after_gap"] >= 2
+
+
+def test_an_outage_and_the_cycles_after_it(harness: Any) -> None:
+    """A real outage: the VM's QEMU is stopped (SIGSTOP: its QMP socket accepts but never
+    answers) for several periods, then continued. The cycles during it time out and send no
+    deltas; the first cycle after it re-primes the counters (a gap longer than 1.5 periods);
+    the one after that reports one period again. AWS's definition of VolumeIdleTime: 'the total
+    number of seconds in a specified period of time when no read or write operations were
+    submitted', so for this guest-less (never busy) VM it is the period itself, never the
+    outage: every VolumeIdleTime datum must be at most the period (plus the tick's jitter)."""
+    import os
+    import signal
+    import time
+
+    interval = 2
+    vm = harness.launch_vm(54, boot_guest=False, volumes=((8, False),))
+    cfg = {
+        "agent": {"metrics_collection_interval": interval},
+        "hypervisor": {
+            "discovery": {"spinifex": {"run_dir": str(harness.run_dir)}},
+            "qga": {"enabled": False},
+            "qmp": {"timeout_seconds": 0.5},
+        },
+    }
+    agent = Collection(parse_config(cfg))
+    vol = vm.volumes[0].volume_id
+
+    def idle(datums: list[Any]) -> list[float]:
+        return [
+            d.value
+            for d in datums
+            if d.name == "VolumeIdleTime" and ("VolumeId", vol) in d.dimensions
+        ]
+
+    async def go() -> tuple[list[list[float]], list[list[float]], list[list[float]]]:
+        async def cycles(n: int) -> list[list[float]]:
+            out = []
+            for _ in range(n):
+                t = time.monotonic()
+                out.append(idle(await agent.cycle()))
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - t)))
+            return out
+
+        try:
+            before = await cycles(3)
+            os.kill(vm.pid, signal.SIGSTOP)
+            try:
+                during = await cycles(4)  # 8 s: four periods
+            finally:
+                os.kill(vm.pid, signal.SIGCONT)
+            after = await cycles(3)
+        finally:
+            await agent.close()
+        return before, during, after
+
+    before, during, after = asyncio.run(go())
+    print("VolumeIdleTime per cycle:", before, during, after)
+    assert before[0] == [] and before[1] and before[2]  # primed, then a period each
+    assert all(c == [] for c in during)  # QMP does not answer: nothing is made up
+    assert after[0] == []  # the recovery cycle: re-primed, the outage is not one period
+    assert after[1] and after[2]
+    for value in [v for c in before + after for v in c]:
+        assert 0 < value <= interval * 1.5  # one period, never the 8 s outage
+    state = agent.vms[vm.instance_id]
+    assert state.errors["gap.blockstats"] == 1

@@ -132,7 +132,7 @@ def send(spinifex: StrictEndpoint, spool: Spool, datums: list[Datum]) -> Publish
 
 
 def network_in(spinifex: StrictEndpoint) -> float:
-    return sum(d.value for d in spinifex.accepted if d.name == "NetworkIn")
+    return sum(d.value or 0.0 for d in spinifex.accepted if d.name == "NetworkIn")
 
 
 @pytest.mark.parametrize(
