@@ -1,10 +1,34 @@
-"""cpu_usage_* (CloudWatch Agent names) from the guest agent's guest-get-cpustats.
+"""cpu_usage_* and cpu_time_* (CloudWatch Agent names) from the guest agent's
+guest-get-cpustats.
 
-qemu-ga reads the guest's /proc/stat and reports cumulative times per CPU (in milliseconds).
-Like the CloudWatch Agent (telegraf's cpu input), each usage is the field's share of the
-period's total, where total = user + system + nice + iowait + irq + softirq + steal + idle
-(guest and guest_nice are already inside user and nice); usage_active = 100 - idle - iowait.
-Per CPU as cpu=cpuN when `resources` holds "*", and overall as cpu=cpu-total with `totalcpu`.
+qemu-ga reads the guest's /proc/stat, the file gopsutil's cpu.Times reads for telegraf's cpu
+input, and reports each CPU's cumulative times in milliseconds: ticks * 1000 / USER_HZ, exact
+for Linux's USER_HZ of 100 (qga/commands-linux.c, qmp_guest_get_cpustats). gopsutil divides the
+same ticks by 100 to seconds. telegraf (plugins/inputs/cpu/cpu.go), on two samples:
+
+- total = user + system + nice + iowait + irq + softirq + steal + idle (totalCPUTime; guest and
+  guest_nice are not added: /proc/stat already counts them inside user and nice), and
+  active = total - idle (activeCPUTime: iowait counts as active);
+- usage_user = 100 * (d user - d guest) / d total, usage_nice = 100 * (d nice - d guest_nice)
+  / d total, usage_active = 100 * d active / d total, every other usage_X = 100 * d X / d total;
+  no value when d total is 0, or negative (an error in telegraf; here: the guest rebooted). A
+  single field going backwards (the kernel's iowait may) is not checked, as in telegraf.
+- time_X (`collect_cpu_time`, which the CloudWatch Agent turns on when a `time_*` measurement
+  is asked for) = the cumulative seconds of field X as read, time_active = total - idle, sent
+  on every sample (the first one too); the CloudWatch Agent gives them no unit (None).
+
+Per CPU as cpu=cpuN when `resources` holds "*" (other resources: glob patterns on `cpuN`, an
+extension: the CloudWatch Agent reports every CPU or none), and overall as cpu=cpu-total with
+`totalcpu`. qemu-ga leaves out /proc/stat's all-CPU line, so cpu-total is the sum of the online
+CPUs' lines. The kernel (fs/proc/stat.c) sums nanoseconds before converting them to ticks
+(rounding down) for the all-CPU line and converts each CPU's line on its own, so each field of
+the sum is lower than the all-CPU line's by less than one tick (10 ms) per CPU: time_* of
+cpu-total by less than 0.01 s x CPUs, and a usage_* share of a period of P seconds (in which
+the total grows by 100 x P ticks per CPU) by less than 9 / P percentage points (one tick per
+CPU in the field, eight in the total; 0.15 at 60 s). The all-CPU line also keeps the
+times of CPUs that went offline, which the sum loses: time_* of cpu-total then differ by what
+those CPUs accumulated while online, and a period in which the set of CPUs changed gives no
+cpu-total usage here (telegraf's does).
 """
 
 from __future__ import annotations
@@ -13,6 +37,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from collectors.guest_devices import plugin_filter
 from hiveagent.collector import Collector, Emitter, VmView, bounded_entries, guest_counter
 from hiveagent.config import Limits
 
@@ -34,7 +59,10 @@ class CpuTimes(NamedTuple):
 
 FIELDS = CpuTimes._fields
 OPTIONAL = ("guest", "guestnice")
-METRICS = (*(f"cpu_usage_{f}" for f in FIELDS[:-1]), "cpu_usage_guest_nice")
+# CpuTimes field -> the CloudWatch Agent's field name (telegraf: guest_nice)
+_NAMES = {f: "guest_nice" if f == "guestnice" else f for f in FIELDS}
+TIME_METRICS = (*(f"cpu_time_{_NAMES[f]}" for f in FIELDS), "cpu_time_active")
+USAGE_METRICS = (*(f"cpu_usage_{_NAMES[f]}" for f in FIELDS), "cpu_usage_active")
 
 
 @dataclass(frozen=True)
@@ -64,18 +92,39 @@ def parse_cpustats(
     return out
 
 
+def total_ms(t: CpuTimes) -> int:
+    """telegraf's totalCPUTime: user + system + nice + iowait + irq + softirq + steal + idle."""
+    return t.user + t.system + t.nice + t.iowait + t.irq + t.softirq + t.steal + t.idle
+
+
 def cpu_usage(prev: CpuTimes, cur: CpuTimes) -> dict[str, float] | None:
-    """Percentages over the period between two samples of one CPU; None when a counter went
-    backwards (guest rebooted) or no time passed."""
-    delta = [c - p for c, p in zip(cur, prev, strict=True)]
-    if min(delta) < 0:
-        return None
-    total = sum(delta[:_TOTAL_FIELDS])
+    """telegraf's usage_* over the period between two samples of one CPU (module docstring);
+    None when the total did not grow (no time passed, or the guest rebooted)."""
+    total = total_ms(cur) - total_ms(prev)
     if total <= 0:
         return None
     scale = 100.0 / total
-    out = {name: v * scale for name, v in zip(METRICS, delta, strict=True)}
-    out["cpu_usage_active"] = max(0.0, 100.0 - out["cpu_usage_idle"] - out["cpu_usage_iowait"])
+    d = CpuTimes._make(c - p for c, p in zip(cur, prev, strict=True))
+    return {
+        "cpu_usage_user": (d.user - d.guest) * scale,
+        "cpu_usage_nice": (d.nice - d.guestnice) * scale,
+        "cpu_usage_system": d.system * scale,
+        "cpu_usage_idle": d.idle * scale,
+        "cpu_usage_iowait": d.iowait * scale,
+        "cpu_usage_irq": d.irq * scale,
+        "cpu_usage_softirq": d.softirq * scale,
+        "cpu_usage_steal": d.steal * scale,
+        "cpu_usage_guest": d.guest * scale,
+        "cpu_usage_guest_nice": d.guestnice * scale,
+        "cpu_usage_active": (total - d.idle) * scale,
+    }
+
+
+def cpu_times(t: CpuTimes) -> dict[str, float]:
+    """telegraf's time_* (collect_cpu_time): the cumulative seconds of one CPU's fields as
+    read, and time_active = total - idle."""
+    out = {name: ms / 1000 for name, ms in zip(TIME_METRICS, t, strict=False)}
+    out["cpu_time_active"] = (total_ms(t) - t.idle) / 1000
     return out
 
 
@@ -86,9 +135,6 @@ def total_of(cpus: dict[int, CpuTimes]) -> CpuTimes:
     return _new(CpuTimes, map(sum, zip(*cpus.values(), strict=True)))
 
 
-# The total is user + nice + system + idle + iowait + irq + softirq + steal: CpuTimes' first
-# eight fields (guest and guest_nice are inside user and nice already).
-_TOTAL_FIELDS = 8
 _new = tuple.__new__
 
 
@@ -104,17 +150,27 @@ class GuestCpu(Collector[CpuSample]):
     def emit(self, prev: CpuSample | None, cur: CpuSample, vm: VmView, out: Emitter) -> None:
         plugin = vm.config.cpu
         assert plugin is not None
-        if prev is None:
+        if not cur.cpus:
             return
-        series: list[tuple[str, dict[str, float] | None]] = []
-        if plugin.totalcpu and set(prev.cpus) == set(cur.cpus):  # vCPU hot-plug: re-prime
-            series.append(("cpu-total", cpu_usage(total_of(prev.cpus), total_of(cur.cpus))))
+        # (label, times now, times at the previous sample or None: no usage this period)
+        series: list[tuple[str, CpuTimes, CpuTimes | None]] = []
+        if plugin.totalcpu:
+            same_cpus = prev is not None and set(prev.cpus) == set(cur.cpus)  # else: re-prime
+            before = total_of(prev.cpus) if prev is not None and same_cpus else None
+            series.append(("cpu-total", total_of(cur.cpus), before))
         if plugin.resources:
-            for n in sorted(cur.cpus):
-                if n in prev.cpus and plugin.wants(f"cpu{n}"):
-                    series.append((f"cpu{n}", cpu_usage(prev.cpus[n], cur.cpus[n])))
-        for label, usage in series:
-            if usage is None:
-                continue
+            usable, wanted = plugin_filter(plugin.resources, vm.rejected, "cpustats")
+            for n in sorted(cur.cpus) if usable else ():
+                label = f"cpu{n}"
+                if wanted is None or wanted(label):
+                    series.append(
+                        (label, cur.cpus[n], prev.cpus.get(n) if prev is not None else None)
+                    )
+        wants_times = any(m in plugin.metrics for m in TIME_METRICS)
+        for label, now, before in series:
+            values = cpu_times(now) if wants_times else {}
+            usage = cpu_usage(before, now) if before is not None else None
+            if usage is not None:
+                values.update(usage)
             dims = {"InstanceId": vm.spec.instance_id, "cpu": label}
-            out.emit_all({n: v for n, v in usage.items() if n in plugin.metrics}, dims)
+            out.emit_all({n: v for n, v in values.items() if n in plugin.metrics}, dims)

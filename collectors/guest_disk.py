@@ -1,8 +1,31 @@
 """disk_* (CloudWatch Agent names) from the guest agent's guest-get-fsinfo.
 
-qemu-ga computes `used-bytes` = (f_blocks - f_bfree) * f_frsize and `total-bytes` = used +
-f_bavail * f_frsize, the df semantics; 9.1+ adds `total-bytes-privileged` = f_blocks * f_frsize.
-disk_used_percent = used / total-bytes * 100 is then exactly the CloudWatch Agent's figure.
+What telegraf's disk input sends (plugins/inputs/disk/disk.go over gopsutil's disk.Usage,
+disk/disk_unix.go, from statfs(2) of the mount point):
+  total = f_blocks * f_bsize, free = f_bavail * f_bsize, used = (f_blocks - f_bfree) * f_bsize,
+  used_percent = used / (used + free) * 100 (0 when used + free is 0), and a filesystem whose
+  total is 0 is not reported.
+What qemu-ga sends, from statvfs(3) of the same mount point (qga/commands-posix.c,
+build_guest_fsinfo):
+  used-bytes = (f_blocks - f_bfree) * f_frsize,
+  total-bytes = (f_blocks - f_bfree + f_bavail) * f_frsize (used + available to unprivileged
+  users),
+  total-bytes-privileged = f_blocks * f_frsize (qemu-ga 9.1+; QAPI: "filesystem capacity in
+  bytes for privileged users (since 9.1)").
+Linux gives statvfs's f_frsize the filesystem's own fragment size, or f_bsize when it sets none
+(vfs_statfs), and the block filesystems qemu-ga lists (it skips mounts whose source is not a
+/dev path) set none, so f_frsize == f_bsize there. Hence, exactly as gopsutil:
+  disk_used = used-bytes; disk_free = total-bytes - used-bytes (= f_bavail * f_frsize);
+  disk_used_percent = used-bytes / total-bytes * 100 (used + free = total-bytes);
+  disk_total = total-bytes-privileged.
+Before qemu-ga 9.1, f_blocks is not sent and disk_total is total-bytes: smaller than the
+CloudWatch Agent's by (f_bfree - f_bavail) * f_frsize, the free space only root may use. That is
+0 where the filesystem reserves nothing (XFS, vfat, ext4 with `-m 0`) and at most the
+filesystem's reservation: on ext4, its reserved blocks (5% by default, tune2fs -m) plus the up to
+2% (at most 4096 clusters) ext4 holds back for delayed allocation; on btrfs, whatever its
+f_bavail estimate keeps back (RAID profiles, metadata). On the recorded 64 MiB ext4
+filesystem (tests/data/qemu-7.2) it is 4,696,064 bytes, 8.2% of the true 57,381,888 (small
+filesystems lose more: metadata already takes part of f_blocks).
 """
 
 from __future__ import annotations
@@ -23,9 +46,9 @@ class FsRecord:
     mountpoint: str
     device: str
     fstype: str
-    used: int
-    total: int  # used + available to unprivileged users
-    total_privileged: int | None  # f_blocks * f_frsize (qemu-ga 9.1+)
+    used: int  # used-bytes: (f_blocks - f_bfree) * f_frsize
+    total: int  # total-bytes: used + f_bavail * f_frsize (available to unprivileged users)
+    total_privileged: int | None  # total-bytes-privileged: f_blocks * f_frsize (qemu-ga 9.1+)
     volume_id: str | None = None  # from the disk's serial, when it is a Spinifex volume
 
 
@@ -91,16 +114,18 @@ def parse_fsinfo(
 
 
 def disk_values(fs: FsRecord) -> dict[str, float]:
-    values: dict[str, float] = {"disk_used": fs.used}
-    if fs.total_privileged is not None:
-        values["disk_total"] = fs.total_privileged
-        values["disk_free"] = fs.total_privileged - fs.used
-    else:
-        values["disk_total"] = fs.total
-        values["disk_free"] = fs.total - fs.used
-    if fs.total > 0:
-        values["disk_used_percent"] = 100.0 * fs.used / fs.total
-    return values
+    """gopsutil's disk.Usage and telegraf's used_percent from qemu-ga's figures (module
+    docstring); empty for a filesystem of size 0, which telegraf skips."""
+    size = fs.total if fs.total_privileged is None else fs.total_privileged
+    if size == 0:
+        return {}
+    free = fs.total - fs.used  # f_bavail * f_frsize
+    return {
+        "disk_used": fs.used,
+        "disk_free": free,
+        "disk_total": size,
+        "disk_used_percent": 100.0 * fs.used / fs.total if fs.total > 0 else 0.0,
+    }
 
 
 class GuestDisk(Collector[list[FsRecord]]):

@@ -7,12 +7,29 @@ never reported: neither becomes a value. `last-update` is the host's epoch time 
 last report: stats older than two of the plugin's periods (or of the balloon's polling
 interval, when longer) when sampled (a guest whose driver
 stopped reporting, a paused VM) are not this period's, and are not sent (counted as
-`mem.stale`). mem_used = total - free - cached (the CloudWatch
-Agent's used minus buffers, which the balloon does not report).
+`mem.stale`).
 
-The VM session finds the balloon (hiveagent.qom) and, with
-`hypervisor.balloon.set_polling_interval_seconds`, turns reporting on (qom-set
-guest-stats-polling-interval) on a balloon that has it off; without it, it never changes the VM.
+The CloudWatch Agent's figures (telegraf plugins/inputs/mem/mem.go over gopsutil's
+VirtualMemory, mem/mem_linux.go, from /proc/meminfo; gopsutil v3.24.5 / v4.25.3, the versions
+the CloudWatch Agent builds with): total = MemTotal, free = MemFree, available = MemAvailable,
+cached = Cached + SReclaimable, used = total - free - Buffers - cached, used_percent =
+100 * used / total, available_percent = 100 * available / total. (gopsutil v4.25.8 and later
+compute used = total - available instead; the CloudWatch Agent does not use those.)
+
+What the guest's virtio_balloon driver reports (drivers/virtio/virtio_balloon.c,
+update_balloon_stats) is the same kernel figures /proc/meminfo prints (fs/proc/meminfo.c):
+stat-total-memory = MemTotal, stat-free-memory = MemFree, stat-available-memory = MemAvailable:
+mem_total, mem_free, mem_available and mem_available_percent are exact. But stat-disk-caches
+is the kernel's NR_FILE_PAGES, which /proc/meminfo splits into Cached + Buffers + SwapCached,
+and the balloon reports neither Buffers, SwapCached nor SReclaimable. So, with the CloudWatch
+Agent's figures on the right:
+- mem_cached = disk-caches = Cached + Buffers + SwapCached; it differs from Cached +
+  SReclaimable by Buffers + SwapCached - SReclaimable: higher by at most Buffers + SwapCached,
+  lower by at most SReclaimable;
+- mem_used = total - free - disk-caches = total - free - Buffers - Cached - SwapCached; it
+  differs from total - free - Buffers - (Cached + SReclaimable) by SReclaimable - SwapCached:
+  higher by at most SReclaimable (reclaimable slab, typically tens to hundreds of MiB), lower by
+  at most SwapCached (0 without swap); mem_used_percent likewise, over total.
 """
 
 from __future__ import annotations
@@ -58,6 +75,8 @@ def is_stale(s: MemSample, period_s: float) -> bool:
 
 
 def mem_values(s: MemSample) -> dict[str, float]:
+    """The mem_* figures of one balloon report (module docstring: which are exact, and how
+    mem_cached and mem_used differ from the CloudWatch Agent's)."""
     total = s.total
     if not total:
         return {}

@@ -61,15 +61,32 @@ def _guest(
 
 _CPU_FIELDS = {
     "idle": "idle",
-    "user": "user (guest time included, as in /proc/stat)",
+    "user": "user minus guest (/proc/stat counts guest time inside user; telegraf takes it out)",
     "system": "system",
     "iowait": "iowait",
-    "nice": "nice",
+    "nice": "nice minus guest_nice (/proc/stat counts guest_nice inside nice)",
     "irq": "irq",
     "softirq": "softirq",
     "steal": "steal (time the hypervisor ran something else)",
     "guest": "guest (running nested guests)",
     "guest_nice": "guest_nice",
+}
+_CPU_TOTAL = (
+    "cpu-total: the sum of the online CPUs (qemu-ga omits /proc/stat's all-CPU line; within "
+    "9 / period_s points of it, and none for a period in which vCPUs went on- or offline)."
+)
+_CPU_TIME_FIELDS = {
+    "user": "user, guest time included (the field as /proc/stat has it)",
+    "system": "system",
+    "idle": "idle",
+    "nice": "nice, guest_nice included",
+    "iowait": "iowait",
+    "irq": "irq",
+    "softirq": "softirq",
+    "steal": "steal",
+    "guest": "guest",
+    "guest_nice": "guest_nice",
+    "active": "everything but idle (user + system + nice + iowait + irq + softirq + steal)",
 }
 _GUEST_ROWS = (
     *(
@@ -79,8 +96,8 @@ _GUEST_ROWS = (
             _CPU,
             "QGA guest-get-cpustats",
             f"Share of CPU time in {what} over the period, per CPU (cpuN) and overall "
-            "(cpu-total); the CloudWatch Agent's denominator: user+system+nice+iowait+irq+"
-            "softirq+steal+idle.",
+            "(cpu-total); telegraf's denominator: user+system+nice+iowait+irq+softirq+steal+"
+            f"idle. {_CPU_TOTAL}",
             kind="gauge",
         )
         for field, what in _CPU_FIELDS.items()
@@ -90,15 +107,31 @@ _GUEST_ROWS = (
         "Percent",
         _CPU,
         "QGA guest-get-cpustats",
-        "100 - usage_idle - usage_iowait over the period.",
+        "100 * (total - idle) / total over the period (telegraf's report_active: iowait counts "
+        f"as active). {_CPU_TOTAL}",
         kind="gauge",
+    ),
+    *(
+        _guest(
+            f"cpu_time_{field}",
+            "None",
+            _CPU,
+            "QGA guest-get-cpustats",
+            f"CPU time in {what}: cumulative seconds since the guest booted, as read "
+            "(telegraf's collect_cpu_time; the CloudWatch Agent sends no unit), per CPU and "
+            "overall; cpu-total's is below /proc/stat's all-CPU line by under 0.01 s per vCPU, "
+            "plus the time of vCPUs now offline.",
+            kind="gauge",
+        )
+        for field, what in _CPU_TIME_FIELDS.items()
     ),
     _guest(
         "diskio_reads",
         "Count",
         _DISKIO,
         "QGA guest-get-diskstats",
-        "Reads completed in the period (read-ios delta).",
+        "Reads completed in the period (read-ios delta). Like every diskio_*: a device whose "
+        "counters are all 0 is skipped (gopsutil); resources are names or glob patterns.",
     ),
     _guest(
         "diskio_writes",
@@ -155,7 +188,10 @@ _GUEST_ROWS = (
         "Bytes",
         _NET,
         "QGA guest-network-get-interfaces",
-        "Bytes the interface sent in the period (tx-bytes delta).",
+        "Bytes the interface sent in the period (tx-bytes delta). Like every net_*: with "
+        'resources "*", loopback is skipped and only interfaces with an address are '
+        "reported (qemu-ga gives counters for those only; telegraf: interfaces that are up); "
+        "resources are names or glob patterns.",
     ),
     _guest(
         "net_bytes_recv",
@@ -211,7 +247,7 @@ _GUEST_ROWS = (
         "Bytes",
         _EC2,
         "QMP balloon guest-stats",
-        "stat-total-memory: memory the guest kernel manages.",
+        "stat-total-memory: the guest's MemTotal (exact).",
         kind="gauge",
     ),
     _guest(
@@ -219,16 +255,26 @@ _GUEST_ROWS = (
         "Bytes",
         _EC2,
         "QMP balloon guest-stats",
-        "stat-available-memory: the guest's MemAvailable.",
+        "stat-available-memory: the guest's MemAvailable (exact).",
         kind="gauge",
     ),
-    _guest("mem_free", "Bytes", _EC2, "QMP balloon guest-stats", "stat-free-memory.", kind="gauge"),
+    _guest(
+        "mem_free",
+        "Bytes",
+        _EC2,
+        "QMP balloon guest-stats",
+        "stat-free-memory: the guest's MemFree (exact).",
+        kind="gauge",
+    ),
     _guest(
         "mem_cached",
         "Bytes",
         _EC2,
         "QMP balloon guest-stats",
-        "stat-disk-caches: page cache.",
+        "stat-disk-caches: the kernel's file pages, Cached + Buffers + SwapCached in "
+        "/proc/meminfo terms; the CloudWatch Agent's is Cached + SReclaimable, which the balloon "
+        "does not report: higher by at most Buffers + SwapCached, lower by at most "
+        "SReclaimable.",
         kind="gauge",
     ),
     _guest(
@@ -236,8 +282,9 @@ _GUEST_ROWS = (
         "Bytes",
         _EC2,
         "QMP balloon guest-stats",
-        "total - free - cached (the CloudWatch Agent's used; the balloon reports no "
-        "buffers figure).",
+        "total - free - disk-caches = total - free - Buffers - Cached - SwapCached; the "
+        "CloudWatch Agent's (gopsutil) is total - free - Buffers - (Cached + SReclaimable): "
+        "higher by at most SReclaimable (reclaimable slab), lower by at most SwapCached.",
         kind="gauge",
     ),
     _guest(
@@ -245,7 +292,7 @@ _GUEST_ROWS = (
         "Percent",
         _EC2,
         "QMP balloon guest-stats",
-        "mem_used / mem_total * 100.",
+        "mem_used / mem_total * 100 (mem_used's difference, over mem_total).",
         kind="gauge",
     ),
     _guest(
@@ -253,7 +300,7 @@ _GUEST_ROWS = (
         "Percent",
         _EC2,
         "QMP balloon guest-stats",
-        "mem_available / mem_total * 100.",
+        "mem_available / mem_total * 100 (exact).",
         kind="gauge",
     ),
 )
@@ -471,8 +518,8 @@ CATALOG: dict[str, MetricSpec] = {
             "Percent",
             _DISK,
             "QGA guest-get-fsinfo",
-            "used / (used + available to unprivileged users) * 100, as df and the "
-            "CloudWatch Agent compute it.",
+            "used / (used + free) * 100 = used-bytes / total-bytes * 100, as gopsutil and df "
+            "compute it (exact).",
             _DEVICE,
             kind="gauge",
         ),
@@ -482,8 +529,8 @@ CATALOG: dict[str, MetricSpec] = {
             "Bytes",
             _DISK,
             "QGA guest-get-fsinfo",
-            "Free bytes: f_bfree*f_frsize when qemu-ga reports total-bytes-privileged "
-            "(9.1+), else bytes available to unprivileged users.",
+            "Bytes available to unprivileged users, f_bavail * f_frsize = total-bytes - "
+            "used-bytes, gopsutil's Free (exact).",
             _DEVICE,
             kind="gauge",
         ),
@@ -493,7 +540,10 @@ CATALOG: dict[str, MetricSpec] = {
             "Bytes",
             _DISK,
             "QGA guest-get-fsinfo",
-            "Filesystem size: total-bytes-privileged (9.1+), else used + available.",
+            "Filesystem size, f_blocks * f_frsize: total-bytes-privileged (qemu-ga 9.1+, exact); "
+            "before 9.1, total-bytes = used + free, smaller by the space only root may use "
+            "((f_bfree - f_bavail) * f_frsize: on ext4 the reserved blocks, 5% by default, plus "
+            "up to 2%; 0 on XFS).",
             _DEVICE,
             kind="gauge",
         ),
@@ -503,7 +553,7 @@ CATALOG: dict[str, MetricSpec] = {
             "Bytes",
             _DISK,
             "QGA guest-get-fsinfo",
-            "Used bytes: (f_blocks - f_bfree) * f_frsize.",
+            "Used bytes: used-bytes = (f_blocks - f_bfree) * f_frsize, gopsutil's Used (exact).",
             _DEVICE,
             kind="gauge",
         ),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import pytest
 from conftest import DATA, recorded
 
@@ -90,23 +92,106 @@ def test_blockstats_rejects_bad_counters() -> None:
         parse_blockstats({"not": "a list"})
 
 
+# disk. The reference is gopsutil's disk.Usage (shirou/gopsutil disk/disk_unix.go
+# UsageWithContext) and telegraf's used_percent (influxdata/telegraf plugins/inputs/disk/disk.go),
+# from statfs(2) of the mount point:
+#   Total = Blocks * Bsize, Free = Bavail * Bsize, Used = (Blocks - Bfree) * Bsize,
+#   used_percent = Used / (Used + Free) * 100.
+# qemu-ga's reply comes from statvfs(3) of the same mount point (qga/commands-posix.c
+# build_guest_fsinfo): used-bytes = (f_blocks - f_bfree) * f_frsize, total-bytes = (f_blocks -
+# f_bfree + f_bavail) * f_frsize, and from 9.1 total-bytes-privileged = f_blocks * f_frsize.
+# Linux's statvfs f_frsize is f_bsize for every filesystem that sets no fragment size (ext4,
+# XFS, btrfs, vfat: fs/statfs.c vfs_statfs).
+class Statvfs(NamedTuple):
+    f_blocks: int
+    f_bfree: int
+    f_bavail: int
+    f_frsize: int  # == f_bsize
+
+
+# The recorded guest's /mnt/data (64 MiB ext4, 1 KiB blocks): `df -B1` printed 57381888 total,
+# 5257216 used, 47428608 available (tests/data/qemu-7.2/README.md), i.e. f_blocks = 56037,
+# f_bfree = 56037 - 5134, f_bavail = 46317.
+RECORDED_FS = Statvfs(f_blocks=56037, f_bfree=56037 - 5134, f_bavail=46317, f_frsize=1024)
+
+
+def gopsutil_usage(st: Statvfs) -> dict[str, float]:
+    total = st.f_blocks * st.f_frsize
+    free = st.f_bavail * st.f_frsize
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    pct = used / (used + free) * 100 if used + free > 0 else 0.0
+    return {"disk_total": total, "disk_free": free, "disk_used": used, "disk_used_percent": pct}
+
+
+def qga_fsinfo(st: Statvfs, privileged: bool) -> dict[str, Any]:
+    """One guest-get-fsinfo entry as qemu-ga builds it (9.1+ when `privileged`)."""
+    used = st.f_blocks - st.f_bfree
+    entry: dict[str, Any] = {"name": "vda", "mountpoint": "/mnt/data", "type": "ext4",
+                             "used-bytes": used * st.f_frsize,
+                             "total-bytes": (used + st.f_bavail) * st.f_frsize}  # fmt: skip
+    if privileged:
+        entry["total-bytes-privileged"] = st.f_blocks * st.f_frsize
+    return entry
+
+
+def test_fsinfo_recorded_reply_is_qemu_ga_from_statvfs() -> None:
+    """The recorded 7.2 reply is what qemu-ga computes from the statvfs df printed."""
+    [entry] = recorded("qga-guest-get-fsinfo")
+    built = qga_fsinfo(RECORDED_FS, privileged=False)
+    assert (entry["used-bytes"], entry["total-bytes"]) == (built["used-bytes"],
+                                                            built["total-bytes"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "st",
+    [
+        RECORDED_FS,
+        Statvfs(f_blocks=262144, f_bfree=200000, f_bavail=186893, f_frsize=4096),  # ext4 -m 5
+        Statvfs(f_blocks=1048576, f_bfree=1000000, f_bavail=1000000, f_frsize=4096),  # XFS
+        Statvfs(f_blocks=1000, f_bfree=20, f_bavail=0, f_frsize=4096),  # full but for root
+    ],
+)
+def test_disk_is_gopsutils_on_the_same_statvfs(st: Statvfs) -> None:
+    """qemu-ga 9.1+: every disk_* is gopsutil's. Before 9.1 (no f_blocks in the reply),
+    disk_used, disk_free and disk_used_percent still are, and disk_total is short by exactly
+    the space only root may use, (f_bfree - f_bavail) * f_frsize."""
+    cwa = gopsutil_usage(st)
+    [fs] = parse_fsinfo([qga_fsinfo(st, privileged=True)])
+    assert disk_values(fs) == pytest.approx(cwa, rel=1e-15)
+    [fs] = parse_fsinfo([qga_fsinfo(st, privileged=False)])
+    old = disk_values(fs)
+    for name in ("disk_used", "disk_free", "disk_used_percent"):
+        assert old[name] == pytest.approx(cwa[name], rel=1e-15), name
+    assert cwa["disk_total"] - old["disk_total"] == (st.f_bfree - st.f_bavail) * st.f_frsize
+
+
 def test_fsinfo_recorded_matches_guest_df() -> None:
     [fs] = parse_fsinfo(recorded("qga-guest-get-fsinfo"))
     assert (fs.mountpoint, fs.device, fs.fstype) == ("/mnt/data", "vda", "ext4")
     values = disk_values(fs)
-    # The guest's `df -B1 /mnt/data` printed: used 5257216, available 47428608, Use% 10%.
+    # The guest's `df -B1 /mnt/data` printed: total 57381888, used 5257216, available
+    # 47428608, Use% 10%.
     assert values["disk_used"] == 5257216
     assert values["disk_free"] == 47428608
-    assert values["disk_total"] == 5257216 + 47428608
     assert values["disk_used_percent"] == pytest.approx(100 * 5257216 / (5257216 + 47428608))
     assert round(values["disk_used_percent"] + 0.5) == 10  # df rounds up
+    # qemu-ga 7.2 sends no f_blocks: disk_total is used + available, 4696064 bytes (ext4's 5%
+    # reserved blocks, 3276 KiB, plus its 2% delayed-allocation reserve, 1310 KiB) short of
+    # df's (and the CloudWatch Agent's) 57381888: 8.2%.
+    assert values["disk_total"] == 57381888 - 4696064 == 5257216 + 47428608
+    assert (57381888 - values["disk_total"]) / 57381888 == pytest.approx(0.0818, abs=1e-4)
 
 
 def test_fsinfo_privileged_total_gives_telegraf_semantics() -> None:
+    # used 400, f_bavail * f_frsize 500 (total-bytes 900), f_blocks * f_frsize 1000: free is
+    # gopsutil's Bavail * Bsize = 900 - 400, not the Bfree * Bsize 600 that root could use.
     fs = FsRecord("/", "vda1", "ext4", used=400, total=900, total_privileged=1000)
     v = disk_values(fs)
-    assert v["disk_total"] == 1000 and v["disk_free"] == 600
-    assert v["disk_used_percent"] == pytest.approx(400 / 900 * 100)
+    assert v["disk_total"] == 1000 and v["disk_free"] == 500 and v["disk_used"] == 400
+    assert v["disk_used_percent"] == pytest.approx(400 / (400 + 500) * 100)
+    # telegraf skips a filesystem of size 0; a full one with nothing used is 0%.
+    assert disk_values(FsRecord("/z", "vdz", "ext4", 0, 0, 0)) == {}
+    assert disk_values(FsRecord("/r", "vdr", "ext4", 0, 0, 4096))["disk_used_percent"] == 0.0
 
 
 def test_fsinfo_skips_inconsistent_entries() -> None:
