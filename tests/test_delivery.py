@@ -394,6 +394,40 @@ def test_faults_deliver_the_right_datums(fleet: Harness, tmp_path: Path) -> None
     assert qga and {dict(d.dimensions)["InstanceId"] for d in qga} == {vm2.instance_id}
 
 
+def test_spinifex_default_config_basic_vms_every_datum_arrives(
+    fleet: Harness, tmp_path: Path
+) -> None:
+    """Spinifex's CloudWatch service (REFERENCE.md section 7) refuses statistic sets, value
+    arrays, and duplicate or out-of-order samples. With the default config (datum_shape "auto")
+    and basic-monitoring VMs (period_seconds 300), the 5-minute windows closed at shutdown go
+    first as statistic sets, are refused once, and are resent as single values; every datum the
+    agent spooled arrives once, and nothing is dropped."""
+    url = fleet.start_moto(mode="spinifex")
+    endpoint = fleet.endpoint
+    assert endpoint is not None and endpoint.mode == "spinifex"
+    for vm in fleet.vms:
+        fleet.write_sidecar(vm, period_seconds=300)
+    try:
+        agent = AgentProcess(fleet, tmp_path / "agent", url)
+        agent.start()
+        time.sleep(8)
+        assert agent.stop() == 0  # closes the open windows and sends them
+    finally:
+        for vm in fleet.vms:
+            fleet.write_sidecar(vm)
+    log = agent.log.read_text()
+    assert "dropped" not in log, log[-3000:]
+    assert "datum_shape_fallbacks=1" in log
+    datums = audit_datums(agent.audit)
+    assert {d.name for d in datums} >= {"CPUUtilization", "StatusCheckFailed", "VolumeIdleTime"}
+    missing, extra, diffs = compare(url, datums)
+    print(f"spinifex, basic VMs: {len(datums)} datums audited, missing {missing}, extra {extra}")
+    assert (missing, extra, diffs) == (0, 0, [])
+    # The endpoint refused nothing but the first statistic set's request.
+    assert [r.code for r in endpoint.refusals] == ["InvalidParameterValue"]
+    assert "StatisticValues" in endpoint.refusals[0].message
+
+
 def fill_spool(directory: Path, batches: int, start: float) -> None:
     spool = Spool(directory, max_bytes=4 << 20, fsync=False)
     spool.open()
