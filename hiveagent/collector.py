@@ -128,7 +128,12 @@ def resolution_of(interval_s: int) -> int:
 
 class Emitter:
     """Builds Datums, all with one timestamp and StorageResolution, checking each against the
-    catalog; appends them to `datums`."""
+    catalog; appends them to `datums`.
+
+    `period_start`, when given, is the timestamp of the EC2- and EBS-style datums instead:
+    AWS stamps those with the start of the period a value covers (a datapoint at 12:00 holds
+    12:00-12:01), so a delta collector's datums go at the start of the period their two samples
+    span; the in-guest family keeps the sample's time, as the CloudWatch Agent stamps it."""
 
     def __init__(
         self,
@@ -136,9 +141,11 @@ class Emitter:
         timestamp: float,
         resolution: int,
         datums: list[Datum] | None = None,
+        period_start: float | None = None,
     ) -> None:
         self.namespaces = namespaces
         self.timestamp = timestamp
+        self.period_start = timestamp if period_start is None else period_start
         self.resolution = resolution
         self.datums: list[Datum] = [] if datums is None else datums
         self.rejected: list[str] = []  # reasons for values that could not be emitted
@@ -159,7 +166,8 @@ class Emitter:
         if checked is None:
             checked = _CHECKED[names] = {}
         dimensions = tuple(sorted(dims.items()))
-        append, ts, res = self.datums.append, self.timestamp, self.resolution
+        append, res = self.datums.append, self.resolution
+        stamps = (self.timestamp, self.period_start)
         for name, value in values.items():
             known = checked.get(name)
             if known is None:
@@ -168,13 +176,13 @@ class Emitter:
                 self.rejected.append(f"{name}: not a finite number: {value!r}")
                 continue
             # tuple.__new__ skips the named tuple's Python-level __new__ (half the cost here).
-            ns, unit = self.namespaces[known[0]], known[1]
+            ns, unit, ts = self.namespaces[known[0]], known[1], stamps[known[2]]
             append(_new(Datum, (ns, name, dimensions, float(value), unit, ts, res, ())))
 
 
-def _check(name: str, dims: tuple[str, ...]) -> tuple[str, str]:
-    """A metric's family (value) and unit, once its dimension names are checked against the
-    catalog."""
+def _check(name: str, dims: tuple[str, ...]) -> tuple[str, str, int]:
+    """A metric's family (value), unit and which of the Emitter's stamps it takes (1: the
+    period's start, EC2 and EBS), once its dimension names are checked against the catalog."""
     spec = CATALOG.get(name)
     if spec is None:
         raise KeyError(f"metric {name!r} is not in the catalog")
@@ -182,13 +190,13 @@ def _check(name: str, dims: tuple[str, ...]) -> tuple[str, str]:
     missing = set(spec.dimensions) - set(spec.optional_dimensions) - keys
     if missing or keys - set(spec.dimensions):
         raise ValueError(f"{name}: dimensions {sorted(dims)} differ from the catalog's")
-    return spec.family.value, spec.unit
+    return spec.family.value, spec.unit, int(spec.family in (Family.EC2, Family.EBS))
 
 
 _new = tuple.__new__
 
 # dimension names (in the caller's order) -> metric -> (family value, unit), checked once each.
-_CHECKED: dict[tuple[str, ...], dict[str, tuple[str, str]]] = {}
+_CHECKED: dict[tuple[str, ...], dict[str, tuple[str, str, int]]] = {}
 
 
 class Collector(ABC, Generic[S]):

@@ -281,7 +281,8 @@ class Scheduler:
         return CyclePlan(state.cycles, qmp_wants, qga_wants)
 
     async def collect_vm(self, state: VmState, timestamp: float) -> list[Datum]:
-        """One VM's cycle; its datums are stamped `timestamp` (the cycle's period_stamp)."""
+        """One VM's cycle; its datums are stamped `timestamp` (the cycle's period_stamp), a
+        delta collector's EC2 and EBS ones with the start of the period they cover (Emitter)."""
         now = self.clock()
         turn = self._turn(state)
         self._forget_after_gaps(state, turn, now)
@@ -295,14 +296,18 @@ class Scheduler:
         if outcome.stale_replies:
             view.rejected["qga.stale_reply"] += outcome.stale_replies
         datums: list[Datum] = []
-        emitters: dict[int, Emitter] = {}  # by resolution, all appending to `datums`
+        # By resolution and period (for a delta collector), all appending to `datums`.
+        emitters: dict[tuple[int, int], Emitter] = {}
         failed = False
         for plan in turn:
             if self._can_run(plan.collector, outcome.facts):
-                out = emitters.get(plan.resolution)
+                period = plan.every * self.config.interval_s if plan.collector.deltas else 0
+                out = emitters.get((plan.resolution, period))
                 if out is None:
-                    out = Emitter(self.namespaces, timestamp, plan.resolution, datums)
-                    emitters[plan.resolution] = out
+                    out = Emitter(
+                        self.namespaces, timestamp, plan.resolution, datums, timestamp - period
+                    )
+                    emitters[(plan.resolution, period)] = out
                 if self._run_collector(plan.collector, state, view, out):
                     state.sampled_at[plan.collector.name] = now
                 else:
