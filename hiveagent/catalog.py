@@ -34,6 +34,9 @@ class MetricSpec:
     # in basic monitoring's 5-minute windows); "gauge": a level or ratio at or over its
     # period (averaged when combined).
     kind: str = "total"
+    # Whether a plugin given without `measurement` sends it (the CloudWatch Agent collects
+    # cpu time_* only when asked: collect_cpu_time).
+    by_default: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in ("total", "gauge"):
@@ -54,9 +57,17 @@ _NET = ("InstanceId", "interface")
 
 
 def _guest(
-    name: str, unit: str, dims: tuple[str, ...], source: str, semantics: str, kind: str = "total"
+    name: str,
+    unit: str,
+    dims: tuple[str, ...],
+    source: str,
+    semantics: str,
+    kind: str = "total",
+    by_default: bool = True,
 ) -> MetricSpec:
-    return MetricSpec(name, Family.GUEST, unit, dims, source, semantics, kind=kind)
+    return MetricSpec(
+        name, Family.GUEST, unit, dims, source, semantics, kind=kind, by_default=by_default
+    )
 
 
 _CPU_FIELDS = {
@@ -120,8 +131,9 @@ _GUEST_ROWS = (
             f"CPU time in {what}: cumulative seconds since the guest booted, as read "
             "(telegraf's collect_cpu_time; the CloudWatch Agent sends no unit), per CPU and "
             "overall; cpu-total's is below /proc/stat's all-CPU line by under 0.01 s per vCPU, "
-            "plus the time of vCPUs now offline.",
+            "plus the time of vCPUs now offline. Sent only when asked for by name.",
             kind="gauge",
+            by_default=False,
         )
         for field, what in _CPU_TIME_FIELDS.items()
     ),

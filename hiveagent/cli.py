@@ -63,6 +63,10 @@ def _load(args: argparse.Namespace) -> Config:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
+    # What the config asks for that hiveagent does not serve, each naming its JSON path and why
+    # (a config the CloudWatch Agent's schema accepts passes, with these warnings).
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{config.source}: OK")
     print(f"  interval {config.interval_s} s, flush every {config.force_flush_interval_s} s")
     print(

@@ -163,7 +163,7 @@ class Daemon:
         self.spool.open()
         if self.config.status_server.enabled:
             await self._start_status_server()
-        for warning in interval_warnings(self.config):
+        for warning in (*self.config.warnings, *interval_warnings(self.config)):
             log.warning("%s", warning)
         log.info(
             "hiveagent %s running: interval %d s, endpoint %s, spool %s",
@@ -207,6 +207,8 @@ class Daemon:
             return
         if self.run_dir_override:
             new = new.with_run_dir(self.run_dir_override)
+        for warning in new.warnings:
+            log.warning("reload: %s", warning)
         await self.apply(new)
         self.reloads += 1
         log.info("configuration reloaded from %s", new.source)

@@ -239,7 +239,8 @@ async def measure_agent(
             "agent": {"metrics_collection_interval": 60, "region": "us-east-1"},
             "metrics": {
                 "endpoint_override": endpoint,
-                "metrics_collected": IN_GUEST_PLUGINS if collectors == "all" else {},
+                # hypervisor only: no metrics_collected (the CloudWatch Agent refuses it empty)
+                **({"metrics_collected": IN_GUEST_PLUGINS} if collectors == "all" else {}),
             },
             "hypervisor": {
                 "discovery": {"spinifex": {"run_dir": run_dir}},

@@ -27,13 +27,14 @@ from collectors.guest_diskio import GuestDiskio, parse_diskstats
 from collectors.guest_mem import UNSET, GuestMem, mem_values, parse_guest_stats
 from collectors.guest_net import GuestNet, is_loopback, parse_interfaces
 from hiveagent.collector import Collector, Emitter, VmView
-from hiveagent.config import parse_config
+from hiveagent.config import catalog_measurements, parse_config
 from hiveagent.cycle import Replies, VmFacts, qmp_key
 from hiveagent.model import VmSpec
 
 
 def ctx_for(collected: dict[str, object]) -> VmView:
-    config = parse_config({"metrics": {"metrics_collected": collected}})
+    # No in-guest plugin: no metrics_collected (the CloudWatch Agent refuses an empty one).
+    config = parse_config({"metrics": {"metrics_collected": collected}} if collected else {})
     spec = VmSpec(instance_id="i-0123456789abcdef0", qmp_socket="/x", qga_socket=None,
                   vcpus=2, taps=None, account_id=None, period_s=None, origin="test")  # fmt: skip
     return VmView(spec, config, VmFacts(pid=1), Replies(), Counter())
@@ -175,7 +176,9 @@ def test_cpu_is_telegrafs_on_the_same_proc_stat(before: str | None, after: str) 
     """Every cpu_usage_* and cpu_time_* datum, per CPU and cpu-total, is what telegraf computes
     from the same /proc/stat text, and there is one for each field telegraf sends."""
     replies = [qga_cpustats(t) for t in (before, after) if t is not None]
-    out, _ = collect(GuestCpu(), {"cpu": {"resources": ["*"]}}, "guest-get-cpustats", *replies)
+    every = catalog_measurements("cpu")  # time_* too: sent only when named
+    plugin = {"resources": ["*"], "measurement": list(every)}
+    out, _ = collect(GuestCpu(), {"cpu": plugin}, "guest-get-cpustats", *replies)
     got = by_series(out)
     expected = telegraf_cpu_gather(before, after)
     assert set(got) == set(expected)
@@ -237,18 +240,24 @@ def test_cpu_collector_total_and_per_cpu() -> None:
         ("cpu_usage_system", "cpu1"): 50.0, ("cpu_usage_idle", "cpu1"): 50.0,
     }  # fmt: skip
     assert {d.unit for d in out.datums} == {"Percent"}
-    # Defaults: only cpu-total (no resources), every measurement. The first sample has the
-    # cumulative time_* only (telegraf adds them on every gather); usage needs two.
+    # Defaults: only cpu-total (no resources), every usage_* (time_* only when named, as the
+    # CloudWatch Agent's collect_cpu_time). Usage needs two samples.
     ctx = ctx_for({"cpu": {}})
     out = Emitter.for_config(ctx.config, 1.0)
     GuestCpu().emit(None, cur, ctx, out)
-    first = by_series(out)
-    assert {k[1] for k in first} == {"cpu-total"}
-    assert {k[0] for k in first} == set(TIME_METRICS)
-    assert first[("cpu_time_idle", "cpu-total")] == (27720 + 21780 + 300) / 1000
+    assert by_series(out) == {}
     out = Emitter.for_config(ctx.config, 1.0)
     GuestCpu().emit(prev, cur, ctx, out)
-    assert {k[0] for k in by_series(out)} == set(TIME_METRICS) | set(USAGE_METRICS)
+    assert {k[1] for k in by_series(out)} == {"cpu-total"}
+    assert {k[0] for k in by_series(out)} == set(USAGE_METRICS)
+    # time_* named: the first sample has the cumulative time_* already (telegraf adds them on
+    # every gather).
+    ctx = ctx_for({"cpu": {"measurement": [*TIME_METRICS, *USAGE_METRICS]}})
+    out = Emitter.for_config(ctx.config, 1.0)
+    GuestCpu().emit(None, cur, ctx, out)
+    first = by_series(out)
+    assert {k[0] for k in first} == set(TIME_METRICS)
+    assert first[("cpu_time_idle", "cpu-total")] == (27720 + 21780 + 300) / 1000
     # resources are glob patterns on cpuN (telegraf's filter syntax)
     ctx = ctx_for({"cpu": {"resources": ["cpu[1-9]"], "totalcpu": False,
                            "measurement": ["usage_idle"]}})  # fmt: skip
