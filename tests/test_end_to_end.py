@@ -20,6 +20,7 @@ import pytest
 from conftest import REPO
 
 from hiveagent.catalog import CATALOG, Family
+from hiveagent.config import catalog_measurements
 from hiveagent.wire import make_client
 from tests.harness import guest_exec
 
@@ -37,6 +38,8 @@ ROOT = os.geteuid() == 0
 def run_result(
     harness: Any, moto_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
+    endpoint = next(f for f in harness.fronts.values() if f.url == moto_url)
+    refused_before, accepted_before = len(endpoint.refusals), len(endpoint.accepted)
     vm = harness.launch_vm(1, boot_guest=True, tap=ROOT)
     harness.wait_guest_agent(vm)
     rc, out = asyncio.run(
@@ -56,6 +59,8 @@ def run_result(
     cfg["agent"]["metrics_collection_interval"] = 2
     cfg["metrics"]["force_flush_interval"] = 2
     cfg["metrics"]["endpoint_override"] = moto_url
+    # cpu time_* go only when named (collect_cpu_time): name every cpu row, so all land.
+    cfg["metrics"]["metrics_collected"]["cpu"]["measurement"] = list(catalog_measurements("cpu"))
     cfg["hypervisor"]["discovery"]["spinifex"]["run_dir"] = str(harness.run_dir)
     cfg["hypervisor"]["state_dir"] = str(cfg_path.parent / "state")
     cfg["hypervisor"]["status_server"] = {"port": 0}
@@ -97,7 +102,15 @@ def run_result(
         "avail": int(avail),
         "client": make_client("us-east-1", moto_url),
         "log": log,
+        "refused": endpoint.refusals[refused_before:],
+        "accepted": endpoint.accepted[accepted_before:],
     }
+
+
+def test_the_strict_endpoint_refused_nothing(run_result: dict[str, Any]) -> None:
+    """Every request went through the strict endpoint (AWS's PutMetricData rules) before moto."""
+    assert run_result["refused"] == []
+    assert len(run_result["accepted"]) > 100
 
 
 def fetch(
