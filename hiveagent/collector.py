@@ -94,14 +94,17 @@ def bounded_entries(
 
 
 def clean_dimension(value: Any) -> str | None:
-    """A guest-supplied string fit to be a dimension value: printable characters only (no
-    control characters, no lone surrogates), 1..1024 of them; None when nothing is left."""
+    """A guest-supplied string fit to be a dimension value, which CloudWatch wants in printable
+    ASCII with at least one non-blank character, 1..1024 of them: control characters (and lone
+    surrogates) removed, other non-ASCII characters escaped as Python does (`données` ->
+    `donn\\xe9es`), so the series is kept and stays apart from others; None when blank."""
     if not isinstance(value, str):
         return None
-    if value.isprintable():  # the usual case: nothing to remove
-        return value[:MAX_DIMENSION_VALUE] or None
-    cleaned = "".join(ch for ch in value if ch.isprintable())[:MAX_DIMENSION_VALUE]
-    return cleaned or None
+    if not (value.isascii() and value.isprintable()):  # the usual case skips this
+        printable = "".join(ch for ch in value if ch.isprintable())
+        value = printable.encode("ascii", "backslashreplace").decode("ascii")
+    value = value[:MAX_DIMENSION_VALUE]
+    return value if value.strip() else None
 
 
 def guest_counter(value: Any) -> int | None:

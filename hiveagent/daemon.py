@@ -34,7 +34,7 @@ from hiveagent.scheduler import Scheduler, interval_warnings, settle_memory
 from hiveagent.spool import Spool
 from hiveagent.status_server import StatusServer
 from hiveagent.systemd import Notifier
-from hiveagent.wire import MAX_DATUMS_PER_REQUEST, make_client
+from hiveagent.wire import MAX_DATUMS_PER_REQUEST, Rules, make_client
 
 log = logging.getLogger("hiveagent")
 
@@ -88,6 +88,7 @@ class Daemon:
             memory_max_datums=config.spool.memory_max_datums,
             ledger=self.ledger,
             audit=audit,
+            rules=Rules(config.datum_shape),
         )
         self.publisher = Publisher(
             make_client(
@@ -231,6 +232,8 @@ class Daemon:
             self.publisher.shape_fallback = False  # a new endpoint may take statistic sets
         self.publisher.settings = new.publish
         self.publisher.datum_shape = new.datum_shape
+        if new.datum_shape != old.datum_shape:
+            self.spool.rules = Rules(new.datum_shape)  # what is spooled from now on
         self.publisher.breaker.failures = new.publish.breaker_failures
         self.publisher.breaker.open_s = new.publish.breaker_open_s
         self.scheduler.reconfigure(new)

@@ -281,13 +281,20 @@ class Publisher:
         from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
         shape = shape or self.shape
+        try:
+            metric_data = [to_metric_datum(d, shape) for d in datums]
+        except (ValueError, OverflowError, OSError) as exc:
+            # A datum the wire cannot carry (a NaN timestamp, say, in a spool an older version
+            # wrote): isolated and dropped like one the endpoint refuses, not raised out of
+            # the flush (the record would stay first in the spool, raising at every flush).
+            return Outcome.INVALID, f"Unsendable: {exc}"
         self.counts["api_calls"] += 1
         self.in_flight += 1
         try:
             await asyncio.to_thread(
                 self.client.put_metric_data,
                 Namespace=datums[0].namespace,
-                MetricData=[to_metric_datum(d, shape) for d in datums],
+                MetricData=metric_data,
             )
         except ParamValidationError as exc:  # botocore's own checks: the datum is at fault
             self.counts["api_errors"] += 1
@@ -307,6 +314,9 @@ class Publisher:
             self.last_error = str(exc)
             log.warning("PutMetricData: %s; %d datum(s) kept", exc, len(datums))
             return Outcome.RETRY, self.last_error
+        except (ValueError, OverflowError) as exc:  # botocore could not serialise a datum
+            self.counts["api_errors"] += 1
+            return Outcome.INVALID, f"Unsendable: {exc}"
         finally:
             self.in_flight -= 1
         self.last_success = time.time()

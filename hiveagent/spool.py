@@ -56,13 +56,15 @@ import msgpack
 from hiveagent.ledger import DropLedger
 from hiveagent.model import Datum
 from hiveagent.wire import (
+    AWS_RULES,
     MAX_AGE_S,
     MAX_DATUMS_PER_REQUEST,
     MAX_REQUEST_BYTES,
     REQUEST_OVERHEAD_BYTES,
+    Rules,
+    checked,
     datum_label,
     datum_wire_size,
-    refusal,
 )
 
 log = logging.getLogger(__name__)
@@ -109,10 +111,14 @@ Request = list[tuple[Record, list[Datum]]]  # one namespace's records, with the 
 def batches(datums: Iterable[Datum]) -> Iterator[tuple[list[Datum], int]]:
     """Consecutive runs of one namespace, each <= 1000 datums and < 1 MB on the wire, with the
     wire bytes of their datums (request overhead not included)."""
+    return sized_batches((d, datum_wire_size(d)) for d in datums)
+
+
+def sized_batches(items: Iterable[tuple[Datum, int]]) -> Iterator[tuple[list[Datum], int]]:
+    """`batches` of (datum, its datum_wire_size) pairs."""
     batch: list[Datum] = []
     size = REQUEST_OVERHEAD_BYTES
-    for d in datums:
-        s = datum_wire_size(d)
+    for d, s in items:
         if batch and (
             d.namespace != batch[0].namespace
             or len(batch) >= MAX_DATUMS_PER_REQUEST
@@ -202,6 +208,7 @@ class Spool:
         memory_max_datums: int = 100_000,
         ledger: DropLedger | None = None,
         audit: IO[str] | None = None,
+        rules: Rules = AWS_RULES,
     ) -> None:
         self.dir = Path(directory)
         self.max_bytes = max_bytes
@@ -210,6 +217,7 @@ class Spool:
         self.memory_max_datums = memory_max_datums
         self.ledger = ledger or DropLedger()
         self.audit = audit  # every datum added is written here as a JSON line
+        self.rules = rules  # what the endpoint takes (metrics.datum_shape, Spinifex or not)
         self.pending: OrderedDict[int, Record] = OrderedDict()
         self.segment_sizes: dict[int, int] = {}  # segment number -> bytes on disk
         self.next_seq = 0
@@ -322,8 +330,8 @@ class Spool:
     def add(self, datums: Iterable[Datum]) -> list[Record]:
         """Spool a cycle's datums: grouped by namespace into records that each fit one request,
         written with one fsync (kept in memory if the disk fails), then audited. Blocking I/O."""
-        ordered = sorted(self._sendable(datums), key=lambda d: d.namespace)
-        groups = list(batches(ordered))
+        ordered = sorted(self._sendable(datums), key=lambda item: item[0].namespace)
+        groups = list(sized_batches(ordered))
         if not groups:
             return []
         records = self._append([(b[0].namespace, b, size) for b, size in groups])
@@ -335,15 +343,17 @@ class Spool:
             self.audit.flush()
         return records
 
-    def _sendable(self, datums: Iterable[Datum]) -> list[Datum]:
-        """The datums CloudWatch would take; the others are dropped here, counted by reason
-        (`invalid.<why>`), instead of failing a request later."""
+    def _sendable(self, datums: Iterable[Datum]) -> list[tuple[Datum, int]]:
+        """The datums the endpoint would take (`self.rules`), with their wire sizes; the others
+        are dropped here, counted by reason (`invalid.<why>`), instead of failing a request
+        later."""
         now = time.time()
+        rules = self.rules
         out = []
         for d in datums:
-            why = refusal(d, now)
+            why, size = checked(d, now, rules)
             if why is None:
-                out.append(d)
+                out.append((d, size))
             else:
                 self.ledger.drop(1, f"invalid.{why}", datum_label(d))
         return out

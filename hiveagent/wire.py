@@ -1,10 +1,13 @@
-"""The CloudWatch wire: PutMetricData's limits, what one datum costs in a request, the datum's
-botocore shape and the client (SigV4, the wire protocol and gzip request compression are
-botocore's; botocore's own retries are off, the Publisher owns retrying)."""
+"""The CloudWatch wire: PutMetricData's limits and the datums the endpoint refuses (`refusal`,
+by the `Rules` of the endpoint and datum shape sent to), what one datum costs in a request
+(`checked` works out both in one walk), the datum's botocore shape and the client (SigV4, the
+wire protocol and gzip request compression are botocore's; botocore's own retries are off,
+the Publisher owns retrying)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,10 +21,73 @@ MAX_AGE_S = 14 * 86400 - 600  # the endpoint's limit, with a margin for clock sk
 
 
 MAX_DIMENSIONS = 30
-MAX_NAME_CHARS = 255  # metric and dimension names
+MAX_NAME_CHARS = 255  # namespace, metric and dimension names
 MAX_DIMENSION_VALUE_CHARS = 1024
+MAX_VALUES_PER_DATUM = 150  # entries in Values (and Counts)
 MAX_ABS_VALUE = 2.0**360
 MAX_FUTURE_S = 2 * 3600 - 300  # the endpoint's limit, with a margin for clock skew
+UNITS = frozenset(  # the 27 of PutMetricData's StandardUnit
+    {
+        "Seconds",
+        "Microseconds",
+        "Milliseconds",
+        "Bytes",
+        "Kilobytes",
+        "Megabytes",
+        "Gigabytes",
+        "Terabytes",
+        "Bits",
+        "Kilobits",
+        "Megabits",
+        "Gigabits",
+        "Terabits",
+        "Percent",
+        "Count",
+        "Bytes/Second",
+        "Kilobytes/Second",
+        "Megabytes/Second",
+        "Gigabytes/Second",
+        "Terabytes/Second",
+        "Bits/Second",
+        "Kilobits/Second",
+        "Megabits/Second",
+        "Gigabits/Second",
+        "Terabits/Second",
+        "Count/Second",
+        "None",
+    }
+)
+DATUM_SHAPES = ("auto", "statistic_sets", "value_arrays", "single_values")
+RESERVED_NAMESPACES = ("AWS/",)  # refused by AWS (and Spinifex) for PutMetricData
+SPINIFEX_RESERVED_NAMESPACES = ("AWS/", "Goanna/")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What decides whether the endpoint takes a datum, beyond AWS's own limits: the shape
+    basic-monitoring datums are sent in (`metrics.datum_shape`; "auto" may send either a
+    statistic set or, after a fallback, the single value) and whether the endpoint is
+    Spinifex's CloudWatch service (REFERENCE.md section 7: dimension names
+    `^[a-zA-Z_][a-zA-Z0-9_]*$`, no `AWS/` or `Goanna/` namespaces).
+
+    It also remembers the verdicts on the strings it has seen (a cycle's datums share a few
+    namespaces, dimension names and values): namespace -> refusal or None, and the good
+    dimension names and short values -> their wire bytes. Bounded; thread-safe as dicts are."""
+
+    shape: str = "auto"
+    spinifex: bool = False
+    namespaces: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
+    names: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    values: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.shape not in DATUM_SHAPES:
+            raise ValueError(f"datum shape {self.shape!r} is not one of {DATUM_SHAPES}")
+
+
+AWS_RULES = Rules()
+_REMEMBERED = 8192  # verdicts kept per kind (then forgotten all at once)
+_REMEMBERED_VALUE_CHARS = 256  # longer dimension values are checked every time
 
 
 def _text_bytes(text: str) -> int:
@@ -37,7 +103,7 @@ def datum_wire_size(d: Datum) -> int:
     fixed parts are awsQuery's, the larger: each field is keyed in full
     (`MetricData.member.1000.Dimensions.member.30.Value=...&`, about 50 bytes), the
     timestamp and numbers percent-encoded; a statistic set is four such fields, value arrays
-    two per distinct value."""
+    two per distinct value. `checked` works out the same figure for a datum it lets through."""
     size = 320 + _text_bytes(d.name)
     if d.samples:
         size += 250 + 130 * len(d.samples)
@@ -46,25 +112,171 @@ def datum_wire_size(d: Datum) -> int:
     return size
 
 
-def refusal(d: Datum, now: float) -> str | None:
-    """Why CloudWatch would refuse this datum at wall-clock `now` (REFERENCE.md section 4), as
-    a drop reason, or None. Age is checked where datums are sent (`MAX_AGE_S`)."""
-    if len(d.dimensions) > MAX_DIMENSIONS:
-        return "too_many_dimensions"
-    if not 0 < len(d.name) <= MAX_NAME_CHARS:
-        return "bad_metric_name"
-    for name, value in d.dimensions:
-        if not 0 < len(name) <= MAX_NAME_CHARS:
-            return "bad_dimension_name"
-        if not 0 < len(value) <= MAX_DIMENSION_VALUE_CHARS:
-            return "bad_dimension_value"
-    for v in (d.value, *d.samples):
-        if not -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE:  # NaN compares false too
-            return "bad_value"
-    if d.timestamp > now + MAX_FUTURE_S:
-        return "future_timestamp"
+def checked(d: Datum, now: float, rules: Rules = AWS_RULES) -> tuple[str | None, int]:
+    """Why the endpoint would refuse this datum at wall-clock `now` (see `refusal`), or None,
+    with its `datum_wire_size` (0 when refused): one walk of the datum for both, as
+    `Spool.add` needs them for every datum of a cycle. A dimension name or value seen before
+    costs a dictionary lookup (`Rules`)."""
+    why = rules.namespaces.get(d.namespace, _UNSEEN)
+    if why is _UNSEEN:
+        why = namespace_refusal(d.namespace, rules)
+    if why is not None:
+        return why, 0
+    name, dims = d.name, d.dimensions
+    if not 0 < len(name) <= MAX_NAME_CHARS or name.isspace():
+        return ("bad_metric_name" if name and not name.isspace() else "blank_metric_name"), 0
+    if name.isascii():
+        size = 320 + 3 * len(name)
+    elif _utf8(name):
+        size = 320 + _text_bytes(name)
+    else:
+        return "bad_metric_name", 0
+    if len(dims) > MAX_DIMENSIONS:
+        return "too_many_dimensions", 0
+    names, values = rules.names, rules.values
+    last, ordered = "", True
+    for k, v in dims:
+        kb = names.get(k)
+        vb = values.get(v)
+        if kb is None or vb is None:
+            why = _dimension_refusal(k, v, rules)
+            if why is not None:
+                return why, 0
+            kb, vb = 120 + 3 * len(k), 3 * len(v)  # both printable ASCII
+        if k <= last:
+            ordered = False
+        last = k
+        size += kb + vb
+    if not ordered and len(dict(dims)) < len(dims):  # names come sorted (`Datum`) and unique
+        return "duplicate_dimension", 0
+    samples = d.samples
+    if samples:
+        why = _samples_refusal(samples, rules.shape)
+        if why is not None:
+            return why, 0
+        size += 250 + 130 * len(samples)
+        value_sent = rules.shape in ("auto", "single_values")
+    else:
+        value_sent = True
+    if value_sent and not -MAX_ABS_VALUE <= d.value <= MAX_ABS_VALUE:  # NaN compares false
+        return "bad_value", 0
+    if not d.timestamp <= now + MAX_FUTURE_S:  # NaN compares false too
+        return ("future_timestamp" if d.timestamp > now else "bad_timestamp"), 0
     if d.storage_resolution not in (1, 60):
-        return "bad_storage_resolution"
+        return "bad_storage_resolution", 0
+    if d.unit not in UNITS:
+        return "bad_unit", 0
+    return None, size
+
+
+def refusal(d: Datum, now: float, rules: Rules = AWS_RULES) -> str | None:
+    """Why the endpoint would refuse this datum at wall-clock `now` (REFERENCE.md sections 4
+    and 7; AWS's API reference of PutMetricData, MetricDatum, Dimension and StatisticSet), as
+    a drop reason (the spool counts it as `invalid.<reason>`), or None:
+
+    - bad_namespace (blank, over 255 characters, starting with `:`, not printable ASCII),
+      reserved_namespace (`AWS/`; Spinifex: also `Goanna/`)
+    - blank_metric_name (empty or whitespace only), bad_metric_name (over 255 characters, or
+      not encodable as UTF-8: a lone surrogate)
+    - too_many_dimensions (over 30), duplicate_dimension (one name twice)
+    - dimension names: blank_dimension_name, bad_dimension_name (over 255 characters),
+      non_ascii_dimension_name (not printable ASCII: non-ASCII or control characters),
+      colon_dimension_name (starting with `:`), spinifex_dimension_name (Spinifex: not
+      `^[a-zA-Z_][a-zA-Z0-9_]*$`)
+    - dimension values: blank_dimension_value, bad_dimension_value (over 1024 characters),
+      non_ascii_dimension_value
+    - bad_value: a number sent that is NaN, infinite or outside +-2^360 (the value, unless
+      only samples are sent; the samples, unless single values are sent); bad_statistic_sum
+      (statistic set: the samples' Sum outside +-2^360); too_many_values (value arrays: over
+      150 distinct samples)
+    - future_timestamp (over 2 hours ahead, less a margin), bad_timestamp (NaN); datums over
+      14 days old are dropped where they are sent instead (`MAX_AGE_S`,
+      `Spool.next_request`: `too_old`), as spooled datums age
+    - bad_storage_resolution (not 1 or 60), bad_unit (not one of the 27 units)
+    """
+    return checked(d, now, rules)[0]
+
+
+def namespace_refusal(namespace: str, rules: Rules = AWS_RULES) -> str | None:
+    """Why the endpoint refuses every datum of this namespace, or None; remembered in `rules`
+    (namespaces come from the config: there are a few)."""
+    why: str | None = None
+    if (
+        not 0 < len(namespace) <= MAX_NAME_CHARS
+        or namespace.isspace()
+        or not _printable_ascii(namespace)
+        or namespace.startswith(":")
+    ):
+        why = "bad_namespace"  # the model's pattern `[^:].*`; printable ASCII (API reference)
+    elif namespace.startswith(
+        SPINIFEX_RESERVED_NAMESPACES if rules.spinifex else RESERVED_NAMESPACES
+    ):
+        why = "reserved_namespace"
+    _remember(rules.namespaces, namespace, why)
+    return why
+
+
+_UNSEEN = "?"  # a namespace not in Rules.namespaces yet
+
+
+def _remember(verdicts: dict[str, Any], key: str, verdict: Any) -> None:
+    if len(verdicts) >= _REMEMBERED:
+        verdicts.clear()
+    verdicts[key] = verdict
+
+
+def _printable_ascii(text: str) -> bool:
+    return text.isascii() and text.isprintable()  # ASCII 32..126
+
+
+def _utf8(text: str) -> bool:
+    """Whether the text can go on the wire (and into the spool) as UTF-8: no lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _dimension_refusal(name: str, value: str, rules: Rules) -> str | None:
+    """A dimension not known good in `rules`: checked, and remembered when good."""
+    if name not in rules.names:
+        if not name or name.isspace():
+            return "blank_dimension_name"
+        if len(name) > MAX_NAME_CHARS:
+            return "bad_dimension_name"
+        if not _printable_ascii(name):
+            return "non_ascii_dimension_name"
+        if name.startswith(":"):
+            return "colon_dimension_name"
+        if rules.spinifex and not name.isidentifier():  # ASCII: ^[a-zA-Z_][a-zA-Z0-9_]*$
+            return "spinifex_dimension_name"
+        _remember(rules.names, name, 120 + 3 * len(name))
+    if value not in rules.values:
+        if not value or value.isspace():
+            return "blank_dimension_value"
+        if len(value) > MAX_DIMENSION_VALUE_CHARS:
+            return "bad_dimension_value"
+        if not _printable_ascii(value):
+            return "non_ascii_dimension_value"
+        if len(value) <= _REMEMBERED_VALUE_CHARS:
+            _remember(rules.values, value, 3 * len(value))
+    return None
+
+
+def _samples_refusal(samples: tuple[float, ...], shape: str) -> str | None:
+    """The samples as the shape sends them: a statistic set (auto, statistic_sets), value
+    arrays, or not at all (single_values)."""
+    if shape == "single_values":
+        return None
+    for v in samples:
+        if not -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE:
+            return "bad_value"
+    if shape == "value_arrays":
+        if len(samples) > MAX_VALUES_PER_DATUM and len(set(samples)) > MAX_VALUES_PER_DATUM:
+            return "too_many_values"
+    elif not -MAX_ABS_VALUE <= math.fsum(samples) <= MAX_ABS_VALUE:
+        return "bad_statistic_sum"
     return None
 
 

@@ -177,3 +177,23 @@ def test_framing_finds_the_right_reply_among_noise(
         assert time.monotonic() - t0 < 3
         return
     assert json.dumps(got) == json.dumps(value)
+
+
+@given(st.text(max_size=2000))
+def test_a_cleaned_guest_string_is_a_dimension_value_cloudwatch_takes(text: str) -> None:
+    """Whatever a guest sends as a mount point, device or interface name becomes either no
+    dimension (blank) or one CloudWatch accepts (printable ASCII, non-blank, 1..1024
+    characters: AWS's Dimension data type), so the series is kept rather than refused."""
+    from hiveagent.collector import clean_dimension
+    from hiveagent.model import Datum
+    from hiveagent.wire import checked
+
+    value = clean_dimension(text)
+    if value is None:
+        assert not "".join(ch for ch in text if ch.isprintable()).strip()
+        return
+    assert value.isascii() and value.isprintable() and value.strip()
+    d = Datum("CWAgent", "disk_used_percent", (("path", value),), 1.0, "Percent", 1e9, 60)
+    assert checked(d, 1e9)[0] is None
+    if text.isascii() and text.isprintable() and len(text) <= 1024:
+        assert value == text  # the usual case: untouched
