@@ -65,6 +65,23 @@ def redact_url(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def client_settings(config: Config) -> tuple[Any, ...]:
+    """What the CloudWatch client is made of (a reload that changes it makes a new one)."""
+    role = config.metrics_role_arn or config.role_arn  # metrics.credentials wins, as in CWA
+    return (
+        config.region,
+        config.endpoint_override,
+        config.publish.timeout_s,
+        config.wire_protocol,
+        role,
+    )
+
+
+def client_for(config: Config) -> Any:
+    region, endpoint, timeout_s, protocol, role = client_settings(config)
+    return make_client(region, endpoint, timeout_s, protocol, role_arn=role)
+
+
 class Daemon:
     def __init__(
         self,
@@ -91,12 +108,7 @@ class Daemon:
             rules=Rules(config.datum_shape),
         )
         self.publisher = Publisher(
-            make_client(
-                config.region,
-                config.endpoint_override,
-                config.publish.timeout_s,
-                config.wire_protocol,
-            ),
+            client_for(config),
             self.spool,
             config.publish,
         )
@@ -220,15 +232,8 @@ class Daemon:
         if new.spool != old.spool:
             log.warning("reload: spool settings change only at restart; the spool is kept as is")
             new = replace(new, spool=old.spool)
-        if (new.region, new.endpoint_override, new.publish.timeout_s, new.wire_protocol) != (
-            old.region,
-            old.endpoint_override,
-            old.publish.timeout_s,
-            old.wire_protocol,
-        ):
-            self.publisher.client = make_client(
-                new.region, new.endpoint_override, new.publish.timeout_s, new.wire_protocol
-            )
+        if client_settings(new) != client_settings(old):
+            self.publisher.client = client_for(new)
             self.publisher.shape_fallback = False  # a new endpoint may take statistic sets
         self.publisher.settings = new.publish
         self.publisher.datum_shape = new.datum_shape

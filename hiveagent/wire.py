@@ -315,15 +315,29 @@ def to_metric_datum(d: Datum, shape: str = "statistic_sets") -> dict[str, Any]:
     return out
 
 
+ROLE_SESSION_NAME = "hiveagent"
+
+
 def make_client(
-    region: str | None, endpoint: str | None, timeout_s: float = 10.0, protocol: str = "auto"
+    region: str | None,
+    endpoint: str | None,
+    timeout_s: float = 10.0,
+    protocol: str = "auto",
+    role_arn: str | None = None,
 ) -> Any:
     """A CloudWatch client with botocore's retries off: the Publisher owns retrying.
 
     `protocol` "json" or "query" pins the wire protocol (endpoints that speak only awsQuery);
     "auto" leaves botocore's choice. The pin is botocore's own model-customisation mechanism:
     an `sdk-extras` file (hiveagent/botocore_data/<protocol>/) on the session's `data_path`
-    merges `protocols: [<protocol>]` into CloudWatch's service model as it loads."""
+    merges `protocols: [<protocol>]` into CloudWatch's service model as it loads.
+
+    `role_arn` (the CloudWatch Agent's `credentials.role_arn`): the client signs with that
+    role's temporary credentials, got through STS AssumeRole with the default credentials and
+    refreshed by botocore before they expire (its refreshable credentials: from 15 minutes
+    before expiry, and always from 10). The STS request goes to `endpoint` too when it is set
+    (a private cloud or a local test endpoint serves STS at the same address, as moto does),
+    else to the region's STS."""
     import boto3
     import botocore.session
     from botocore.config import Config as BotoConfig
@@ -333,8 +347,10 @@ def make_client(
         core.set_config_variable(
             "data_path", str(Path(__file__).parent / "botocore_data" / protocol)
         )
+    region = region or core.get_config_variable("region") or "us-east-1"
+    if role_arn:
+        _assume_role(core, role_arn, region, endpoint, timeout_s)
     session = boto3.session.Session(botocore_session=core)
-    region = region or session.region_name or "us-east-1"
     return session.client(
         "cloudwatch",
         region_name=region,
@@ -349,3 +365,46 @@ def make_client(
             request_min_compression_size_bytes=10240,
         ),
     )
+
+
+def _assume_role(
+    core: Any, role_arn: str, region: str, endpoint: str | None, timeout_s: float
+) -> None:
+    """Put `role_arn`'s refreshable credentials first in the botocore session `core`'s
+    credential chain, assumed with the default chain's credentials (botocore's
+    AssumeRoleCredentialFetcher, the code behind a profile's role_arn)."""
+    import botocore.session
+    from botocore.config import Config as BotoConfig
+    from botocore.credentials import (
+        AssumeRoleCredentialFetcher,
+        CredentialProvider,
+        DeferredRefreshableCredentials,
+    )
+
+    base = botocore.session.get_session()  # the default chain: env, files, instance role
+    source = base.get_credentials()
+    if source is None:
+        raise ValueError(f"no credentials to assume {role_arn} with")
+
+    def sts_client(service: str, **credentials: Any) -> Any:
+        return base.create_client(
+            service,
+            region_name=region,
+            endpoint_url=endpoint,
+            config=BotoConfig(connect_timeout=timeout_s, read_timeout=timeout_s),
+            **credentials,
+        )
+
+    fetcher = AssumeRoleCredentialFetcher(
+        sts_client, source, role_arn, extra_args={"RoleSessionName": ROLE_SESSION_NAME}
+    )
+
+    class AssumedRole(CredentialProvider):  # type: ignore[misc]
+        METHOD = "assume-role"
+
+        def load(self) -> Any:
+            return DeferredRefreshableCredentials(
+                refresh_using=fetcher.fetch_credentials, method=self.METHOD
+            )
+
+    core.get_component("credential_provider").insert_before("env", AssumedRole())

@@ -240,6 +240,7 @@ class RequestInfo:
     body_bytes: int  # after gunzip; -1 when not decoded
     status: int
     code: str | None  # None when accepted
+    access_key: str | None = None  # the signature's credential (its access key id)
 
 
 class ApiError(Exception):
@@ -820,6 +821,11 @@ def _listify(node: Any) -> Any:
     return {k: _listify(v) for k, v in node.items()}
 
 
+def _access_key(authorization: str | None) -> str | None:
+    m = re.search(r"Credential=([^/,\s]+)/", authorization or "")
+    return m.group(1) if m else None
+
+
 class _Handler(BaseHTTPRequestHandler):
     owner: StrictEndpoint
     protocol_version = "HTTP/1.1"
@@ -895,6 +901,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body_bytes=body_bytes,
                 status=200 if error is None else error.status,
                 code=None if error is None else error.code,
+                access_key=_access_key(self.headers.get("Authorization")),
             ),
             datums if error is None else [],
             None if error is None else Refusal(error.status, error.code, error.message, protocol),
