@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -306,3 +308,56 @@ def test_disk_is_gopsutils_on_the_same_statvfs(sampled: dict[str, Any]) -> None:
     # below gopsutil's Blocks * Frsize by the root-only space, as documented.
     assert got["disk_total"] == used + free
     assert blocks * frsize - got["disk_total"] == (bfree - bavail) * frsize
+
+
+def test_a_guest_hung_before_the_agent_started_fails_its_instance_check(
+    harness: Harness, guest: Vm, sampled: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 16, defect 8: a guest whose agent hangs is flagged at first sight, by an agent
+    that never heard it answer (a fresh state_dir): QEMU says the guest holds the guest agent
+    port open (frontend-open), so the silence counts, and two consecutive silent cycles fail
+    StatusCheckFailed_Instance (one missed exchange does not). Runs last: it freezes the
+    guest's qemu-ga for good."""
+    assert sampled["datums"]  # the guest agent answered until now
+    freeze = "sleep 1; /bin/busybox kill -STOP $(/bin/busybox pidof qemu-ga)"
+    asyncio.run(guest_exec_detached(guest, freeze))
+    time.sleep(3)
+    config = parse_config(
+        {
+            "agent": {"metrics_collection_interval": 5},
+            "hypervisor": {
+                "discovery": {"spinifex": {"run_dir": str(harness.run_dir)}},
+                "state_dir": str(tmp_path / "fresh-state"),
+                "qga": {"timeout_seconds": 1},
+            },
+        }
+    )
+    agent = Collection(config)
+
+    async def cycles() -> list[dict[str, float]]:
+        out = []
+        try:
+            for _ in range(3):
+                datums = await agent.cycle()
+                out.append(
+                    {
+                        d.name: d.value
+                        for d in datums
+                        if d.name.startswith("StatusCheck")
+                        and ("InstanceId", guest.instance_id) in d.dimensions
+                    }
+                )
+        finally:
+            await agent.close()
+        return out
+
+    checks = asyncio.run(cycles())
+    assert [c["StatusCheckFailed_Instance"] for c in checks] == [0, 1, 1]
+    assert [c["StatusCheckFailed_System"] for c in checks] == [0, 0, 0]
+    assert [c["StatusCheckFailed"] for c in checks] == [0, 1, 1]
+
+
+async def guest_exec_detached(vm: Vm, script: str) -> None:
+    """Start a command in the guest without waiting for it (it stops the guest agent)."""
+    async with QgaClient(str(vm.qga_socket), timeout=10) as c:
+        await c.execute("guest-exec", {"path": "/bin/sh", "arg": ["-c", script]})
