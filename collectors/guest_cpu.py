@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from collectors.guest_devices import plugin_filter
+from collectors.guest_host import emit_guest
 from hiveagent.collector import Collector, Emitter, VmView, bounded_entries, guest_counter
 from hiveagent.config import Limits
 
@@ -172,5 +173,5 @@ class GuestCpu(Collector[CpuSample]):
             usage = cpu_usage(before, now) if before is not None else None
             if usage is not None:
                 values.update(usage)
-            dims = {"InstanceId": vm.spec.instance_id, "cpu": label}
-            out.emit_all({n: v for n, v in values.items() if n in plugin.metrics}, dims)
+            sent = {n: v for n, v in values.items() if n in plugin.metrics}
+            emit_guest(out, vm, sent, {"cpu": label})

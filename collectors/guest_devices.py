@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
+from collectors.guest_host import emit_guest
 from hiveagent.collector import (
     Collector,
     Emitter,
@@ -282,4 +283,4 @@ class GuestDeviceCounters(Collector[dict[str, DeviceStats[Any]]]):
             for (_, metric), value in zip(src.gauges, cur[name].gauges, strict=True):
                 if metric in plugin.metrics:
                     values[metric] = value
-            out.emit_all(values, {"InstanceId": vm.spec.instance_id, src.dimension: name})
+            emit_guest(out, vm, values, {src.dimension: name})

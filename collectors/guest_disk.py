@@ -35,6 +35,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from collectors.guest_host import emit_guest
 from hiveagent.collector import Collector, Emitter, VmView, bounded_entries, clean_dimension
 from hiveagent.config import Limits
 
@@ -147,9 +148,12 @@ class GuestDisk(Collector[list[FsRecord]]):
                 fs.mountpoint
             ):
                 continue
-            dims = {"InstanceId": vm.spec.instance_id, "path": fs.mountpoint, "fstype": fs.fstype}
+            # telegraf's disk tags (path, device, fstype; mode excluded by the CloudWatch
+            # Agent, device too with drop_device), and the ec2tagger's VolumeId when asked
+            dims = {"path": fs.mountpoint, "fstype": fs.fstype}
             if not plugin.drop_device:
                 dims["device"] = fs.device
-            if fs.volume_id:
+            if plugin.volume_id and fs.volume_id:
                 dims["VolumeId"] = fs.volume_id
-            out.emit_all({n: v for n, v in disk_values(fs).items() if n in plugin.metrics}, dims)
+            values = {n: v for n, v in disk_values(fs).items() if n in plugin.metrics}
+            emit_guest(out, vm, values, dims)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple
 
+from collectors.guest_host import emit_guest
 from hiveagent.collector import Collector, Emitter, VmView
 from hiveagent.cycle import QmpCall, qmp_key
 
@@ -119,5 +120,5 @@ class GuestMem(Collector[MemSample | None]):
         if is_stale(cur, period):
             vm.rejected["mem.stale"] += 1
             return
-        dims = {"InstanceId": vm.spec.instance_id}
-        out.emit_all({n: v for n, v in mem_values(cur).items() if n in plugin.metrics}, dims)
+        values = {n: v for n, v in mem_values(cur).items() if n in plugin.metrics}
+        emit_guest(out, vm, values, {})  # telegraf's mem input has no tags of its own

@@ -29,7 +29,9 @@ class MetricSpec:
     dimensions: tuple[str, ...]
     source: str
     semantics: str
-    optional_dimensions: tuple[str, ...] = ()  # dimensions that config may drop
+    # Of `dimensions`, those a datum may lack (the config leaves them out, or they are not
+    # known for a series); the others it always carries.
+    optional_dimensions: tuple[str, ...] = ()
     # "total": the value is an amount over its period (summed when periods are combined, as
     # in basic monitoring's 5-minute windows); "gauge": a level or ratio at or over its
     # period (averaged when combined).
@@ -47,13 +49,23 @@ class MetricSpec:
 
 _EC2 = ("InstanceId",)
 _EBS = ("VolumeId",)
-_DISK = ("InstanceId", "path", "device", "fstype", "VolumeId")
-_DEVICE = ("device", "VolumeId")  # device: dropped with disk.drop_device; VolumeId: when known
 
-
-_CPU = ("InstanceId", "cpu")
-_DISKIO = ("InstanceId", "name")
-_NET = ("InstanceId", "interface")
+# In-guest metrics carry the CloudWatch Agent's dimensions: each telegraf input's own tags (cpu:
+# cpu; disk: path, device, fstype, with mode excluded by the CloudWatch Agent's translator and
+# device too with drop_device, translator/translate/metrics/metrics_collect/disk/ruleDropTags.go;
+# diskio: name, serial skipped as telegraf's default; net: interface; mem: none), telegraf's
+# global `host` tag (the guest's host name) unless agent.omit_hostname, which the ec2tagger
+# processor removes when metrics.append_dimensions is set (plugins/processors/ec2tagger/
+# ec2tagger.go), and disk's VolumeId when its append_dimensions asks for it. What
+# append_dimensions add (InstanceId, ImageId, ...) is added after the catalog's check
+# (hiveagent.shaping), and is not listed here.
+_HOST = "host"
+_CPU = ("cpu", _HOST)
+_DISK = ("path", "device", "fstype", _HOST, "VolumeId")
+_DISK_OPTIONAL = ("device", _HOST, "VolumeId")
+_DISKIO = ("name", _HOST)
+_NET = ("interface", _HOST)
+_MEM = (_HOST,)
 
 
 def _guest(
@@ -64,10 +76,9 @@ def _guest(
     semantics: str,
     kind: str = "total",
     by_default: bool = True,
+    optional: tuple[str, ...] = (_HOST,),
 ) -> MetricSpec:
-    return MetricSpec(
-        name, Family.GUEST, unit, dims, source, semantics, kind=kind, by_default=by_default
-    )
+    return MetricSpec(name, Family.GUEST, unit, dims, source, semantics, optional, kind, by_default)
 
 
 _CPU_FIELDS = {
@@ -257,7 +268,7 @@ _GUEST_ROWS = (
     _guest(
         "mem_total",
         "Bytes",
-        _EC2,
+        _MEM,
         "QMP balloon guest-stats",
         "stat-total-memory: the guest's MemTotal (exact).",
         kind="gauge",
@@ -265,7 +276,7 @@ _GUEST_ROWS = (
     _guest(
         "mem_available",
         "Bytes",
-        _EC2,
+        _MEM,
         "QMP balloon guest-stats",
         "stat-available-memory: the guest's MemAvailable (exact).",
         kind="gauge",
@@ -273,7 +284,7 @@ _GUEST_ROWS = (
     _guest(
         "mem_free",
         "Bytes",
-        _EC2,
+        _MEM,
         "QMP balloon guest-stats",
         "stat-free-memory: the guest's MemFree (exact).",
         kind="gauge",
@@ -281,7 +292,7 @@ _GUEST_ROWS = (
     _guest(
         "mem_cached",
         "Bytes",
-        _EC2,
+        _MEM,
         "QMP balloon guest-stats",
         "stat-disk-caches: the kernel's file pages, Cached + Buffers + SwapCached in "
         "/proc/meminfo terms; the CloudWatch Agent's is Cached + SReclaimable, which the balloon "
@@ -292,7 +303,7 @@ _GUEST_ROWS = (
     _guest(
         "mem_used",
         "Bytes",
-        _EC2,
+        _MEM,
         "QMP balloon guest-stats",
         "total - free - disk-caches = total - free - Buffers - Cached - SwapCached; the "
         "CloudWatch Agent's (gopsutil) is total - free - Buffers - (Cached + SReclaimable): "
@@ -302,7 +313,7 @@ _GUEST_ROWS = (
     _guest(
         "mem_used_percent",
         "Percent",
-        _EC2,
+        _MEM,
         "QMP balloon guest-stats",
         "mem_used / mem_total * 100 (mem_used's difference, over mem_total).",
         kind="gauge",
@@ -310,7 +321,7 @@ _GUEST_ROWS = (
     _guest(
         "mem_available_percent",
         "Percent",
-        _EC2,
+        _MEM,
         "QMP balloon guest-stats",
         "mem_available / mem_total * 100 (exact).",
         kind="gauge",
@@ -524,31 +535,28 @@ CATALOG: dict[str, MetricSpec] = {
             "+ d wr_total_time_ns) / period_ns.",
             kind="gauge",
         ),
-        MetricSpec(
+        _guest(
             "disk_used_percent",
-            Family.GUEST,
             "Percent",
             _DISK,
             "QGA guest-get-fsinfo",
             "used / (used + free) * 100 = used-bytes / total-bytes * 100, as gopsutil and df "
             "compute it (exact).",
-            _DEVICE,
+            optional=_DISK_OPTIONAL,
             kind="gauge",
         ),
-        MetricSpec(
+        _guest(
             "disk_free",
-            Family.GUEST,
             "Bytes",
             _DISK,
             "QGA guest-get-fsinfo",
             "Bytes available to unprivileged users, f_bavail * f_frsize = total-bytes - "
             "used-bytes, gopsutil's Free (exact).",
-            _DEVICE,
+            optional=_DISK_OPTIONAL,
             kind="gauge",
         ),
-        MetricSpec(
+        _guest(
             "disk_total",
-            Family.GUEST,
             "Bytes",
             _DISK,
             "QGA guest-get-fsinfo",
@@ -556,17 +564,16 @@ CATALOG: dict[str, MetricSpec] = {
             "before 9.1, total-bytes = used + free, smaller by the space only root may use "
             "((f_bfree - f_bavail) * f_frsize: on ext4 the reserved blocks, 5% by default, plus "
             "up to 2%; 0 on XFS).",
-            _DEVICE,
+            optional=_DISK_OPTIONAL,
             kind="gauge",
         ),
-        MetricSpec(
+        _guest(
             "disk_used",
-            Family.GUEST,
             "Bytes",
             _DISK,
             "QGA guest-get-fsinfo",
             "Used bytes: used-bytes = (f_blocks - f_bfree) * f_frsize, gopsutil's Used (exact).",
-            _DEVICE,
+            optional=_DISK_OPTIONAL,
             kind="gauge",
         ),
         *_GUEST_ROWS,
@@ -615,6 +622,25 @@ CATALOG: dict[str, MetricSpec] = {
 }
 
 
+def dimension_list(spec: MetricSpec) -> str:
+    """A row's dimensions as the README shows them: an optional one marked with `?`."""
+    return ", ".join(f"{d}?" if d in spec.optional_dimensions else d for d in spec.dimensions)
+
+
+GUEST_DIMENSIONS_NOTE = (
+    "The dimensions are the CloudWatch Agent's for the same config (a `?` marks one a datum "
+    "may lack): each plugin's own (`cpu`; `path`, `device`, `fstype`; `name`; `interface`; "
+    "none for mem); `host`, the guest's host name (qemu-guest-agent's guest-get-host-name; "
+    "`agent.hostname` instead, when set), "
+    "unless `agent.omit_hostname` is true or `metrics.append_dimensions` is set (even `{}`); "
+    "disk's `device` unless `drop_device`; disk's `VolumeId` only when its `append_dimensions` "
+    'has `"VolumeId": "${aws:VolumeId}"` and `metrics.append_dimensions` is set, on '
+    "filesystems whose disk is a known volume. To these, `metrics.append_dimensions` adds "
+    "`InstanceId`, `ImageId`, `InstanceType`, `AutoScalingGroupName` as its templates ask (and "
+    "its static values), and a plugin's `append_dimensions` its own."
+)
+
+
 def markdown_table(family: Family) -> str:
     """The README table for one family, one row per metric."""
     lines = [
@@ -624,9 +650,11 @@ def markdown_table(family: Family) -> str:
     for spec in CATALOG.values():
         if spec.family is family:
             lines.append(
-                f"| `{spec.name}` | {spec.unit} | {', '.join(spec.dimensions)} "
+                f"| `{spec.name}` | {spec.unit} | {dimension_list(spec)} "
                 f"| {spec.source} | {spec.semantics} |"
             )
+    if family is Family.GUEST:
+        lines += ["", GUEST_DIMENSIONS_NOTE]
     return "\n".join(lines)
 
 

@@ -120,35 +120,24 @@ CWA_MEASUREMENTS: dict[str, tuple[str, ...]] = {
     for plugin, names in _read_json("cloudwatch-agent.measurements.json").items()
     if not plugin.startswith("$")
 }
-# The CloudWatch Agent's append_dimensions templates, under the names it fills them in.
+# The CloudWatch Agent's append_dimensions templates, under the names its ec2tagger processor
+# fills them in for metrics.append_dimensions (plugins/processors/ec2tagger/config.go,
+# SupportedAppendDimensions); in a plugin's append_dimensions it resolves them under any name
+# (translator/translate/util/placeholderUtil.go, ResolveAWSMetadataPlaceholders).
 AWS_TEMPLATES = {
     "InstanceId": "${aws:InstanceId}",
     "ImageId": "${aws:ImageId}",
     "InstanceType": "${aws:InstanceType}",
     "AutoScalingGroupName": "${aws:AutoScalingGroupName}",
 }
-VOLUME_TEMPLATE = ("VolumeId", "${aws:VolumeId}")  # disk only, in the CloudWatch Agent
+# disk only, and only with metrics.append_dimensions set: the ec2tagger processor maps the disk's
+# `device` tag to its volume (translator/translate/otel/processor/ec2taggerprocessor/
+# translator.go; the processor exists only when metrics.append_dimensions is set)
+VOLUME_TEMPLATE = ("VolumeId", "${aws:VolumeId}")
 # Keys parsed into Config but not acted on yet: each is named in a warning while it is here.
 # Whoever honours one removes its entry, and the warning from the tests' lists (tests/configs/
 # valid/*.warnings, tests/configs/cloudwatch-agent/manifest.json: see the README there).
-NOT_YET_HONOURED: dict[str, str] = {
-    "agent.credentials.role_arn": (
-        "the role is not assumed yet (Config.role_arn): requests are signed with boto3's "
-        "default credential chain"
-    ),
-    "metrics.credentials.role_arn": (
-        "the role is not assumed yet (Config.metrics_role_arn): requests are signed with "
-        "boto3's default credential chain"
-    ),
-    "agent.omit_hostname": (
-        "false asks for a host dimension, which hiveagent does not send (in-guest datums carry "
-        "InstanceId; Config.omit_hostname)"
-    ),
-    "append_templates": (
-        "templates in a plugin's append_dimensions are not filled in yet "
-        "(Shaping.append_templates; those of metrics.append_dimensions are)"
-    ),
-}
+NOT_YET_HONOURED: dict[str, str] = {}  # CWA keys parsed but not acted on yet, and why
 
 
 def _resolve(node: dict[str, Any]) -> dict[str, Any]:
@@ -255,8 +244,8 @@ class Shaping:
     renames: tuple[tuple[str, str | None, str | None], ...] = ()  # (metric, rename, unit)
     drop_original: tuple[str, ...] = ()  # only their aggregated copies are sent
     append_dimensions: tuple[tuple[str, str], ...] = ()  # static, this plugin only
-    # (name, "${aws:...}"): this plugin's templates, ${aws:VolumeId} included; not applied yet
-    # (NOT_YET_HONOURED["append_templates"]); InstanceId needs none, every datum carries it
+    # (name, one of AWS_TEMPLATES' values): this plugin's templates, under any name, resolved
+    # per VM (hiveagent.shaping); disk's ${aws:VolumeId} is DiskPlugin.volume_id instead
     append_templates: tuple[tuple[str, str], ...] = ()
 
 
@@ -270,6 +259,10 @@ class DiskPlugin:
     drop_device: bool
     interval_s: int  # metrics_collection_interval, else the agent's
     shaping: Shaping
+    # VolumeId on each series whose disk is a known volume: append_dimensions has "VolumeId":
+    # "${aws:VolumeId}", metrics.append_dimensions is set (the CloudWatch Agent's ec2tagger,
+    # which fills it in, exists only then) and drop_device is false (it maps the device tag)
+    volume_id: bool = False
 
     def wants_mount(self, mountpoint: str) -> bool:
         return "*" in self.resources or mountpoint in self.resources
@@ -372,8 +365,10 @@ class Config:
     role_arn: str | None = field(metadata=_key("agent.credentials.role_arn"))
     # PutMetricData's own role, over role_arn (metrics.credentials.role_arn)
     metrics_role_arn: str | None = field(metadata=_key("metrics.credentials.role_arn"))
-    # True: no host dimension (hiveagent sends none either way so far)
+    # True: no host dimension on in-guest datums (telegraf's omit_hostname)
     omit_hostname: bool = field(metadata=_key("agent.omit_hostname"))
+    # the host dimension's value for every VM (telegraf's agent hostname); None: each guest's
+    hostname: str | None = field(metadata=_key("agent.hostname", lambda v: v or None))
     guest_namespace: str = field(metadata=_key("metrics.namespace"))
     ec2_enabled: bool = field(metadata=_key("hypervisor.ec2.enabled"))
     ec2_namespace: str = field(metadata=_key("hypervisor.ec2.namespace"))
@@ -417,6 +412,10 @@ class Config:
         metadata=_key("hypervisor.balloon.set_polling_interval_seconds")
     )
     vm_deadline_s: float  # the whole collection of one VM in one cycle
+    # metrics.append_dimensions is present (even {}, or with only entries warned of): the
+    # CloudWatch Agent then runs its ec2tagger processor, which removes `host` from every
+    # in-guest datum (translator/translate/otel/pipeline/host/translator.go, ec2tagger.go)
+    append_dimensions_set: bool
     limits: Limits
     spool: SpoolSettings
     publish: PublishSettings
@@ -426,6 +425,13 @@ class Config:
     # what the config asks for that hiveagent does not serve, each naming its JSON path and why:
     # printed by check-config, logged when the daemon loads the config
     warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def host_dimension(self) -> bool:
+        """In-guest datums carry `host`, the guest's host name: telegraf's global tag (unless
+        agent.omit_hostname), which the ec2tagger removes when metrics.append_dimensions is
+        set."""
+        return not self.omit_hostname and not self.append_dimensions_set
 
     def with_run_dir(self, run_dir: str) -> Config:
         """The `--run-dir` override: Spinifex sidecars are read from run_dir."""
@@ -687,15 +693,22 @@ def _dimension_name_warning(name: str, where: str) -> str | None:
     return None
 
 
-def _template_problem(value: str) -> str:
+def _template_problem(value: str, plugin: str | None = None) -> str:
     """Why an `append_dimensions` value that looks like a template is not one the CloudWatch
-    Agent (nor hiveagent) fills in where it is."""
+    Agent (nor hiveagent) fills in where it is: in metrics.append_dimensions (`plugin` None),
+    or in that plugin's."""
     if value.startswith("${!aws:"):
         return f"{value}: the '!' form leaves the dimension out"
     for known, template in (*AWS_TEMPLATES.items(), VOLUME_TEMPLATE):
-        if value == template:
-            where = " of metrics_collected.disk" if known == VOLUME_TEMPLATE[0] else ""
-            return f"the CloudWatch Agent fills {value} in only under the name {known}{where}"
+        if value != template:
+            continue
+        if known == VOLUME_TEMPLATE[0]:
+            return (
+                f"the CloudWatch Agent fills {value} in only under the name {known} of "
+                "metrics_collected.disk"
+            )
+        if plugin is None:
+            return f"the CloudWatch Agent fills {value} in only under the name {known}"
     templates = [*AWS_TEMPLATES.values(), VOLUME_TEMPLATE[1]]
     guess = did_you_mean(value, templates)
     hint = f" (did you mean {guess}?)" if guess else f" ({', '.join(templates)})"
@@ -723,6 +736,7 @@ class _Served:
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     templates: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # per plugin
+    volume_id: bool = False  # disk's append_dimensions asks "VolumeId": "${aws:VolumeId}"
 
 
 def _take_ignored(node: dict[str, Any], value: Any, path: str, out: _Served) -> None:
@@ -932,29 +946,31 @@ def _served_plugin(plugin: str, section: dict[str, Any], out: _Served) -> bool:
         for i, name in enumerate(drops):
             if not isinstance(name, str):
                 kept_drops.append(name)  # hiveagent's schema refuses it
+            elif name == "*":  # every metric of the plugin (translator/translate/otel/common/
+                kept_drops += PLUGIN_MEASUREMENTS[plugin]  # metrics.go, dropOriginalWildcard)
             elif is_known(_child(dpath, i), name) and _measurement_name(plugin, name) in produced:
                 kept_drops.append(_measurement_name(plugin, name))
             # else: a metric hiveagent never produces; there is nothing to drop
-        section["drop_original_metrics"] = kept_drops
+        section["drop_original_metrics"] = list(dict.fromkeys(kept_drops))
 
     dims = section.get("append_dimensions")
     if isinstance(dims, dict):
         apath = _child(path, "append_dimensions")
         for name, value in list(dims.items()):
             where = _child(apath, name)
-            if isinstance(value, str) and ("${aws:" in value or value.startswith("${!aws:")):
+            # The CloudWatch Agent's translator resolves a plugin's values holding "${aws:"
+            # (ResolveAWSMetadataPlaceholders): the four EC2 templates under any name, the rest
+            # left out; disk's VolumeId is its ec2tagger's. "${!aws:...}" holds no "${aws:":
+            # a static value there, sent as it is.
+            if isinstance(value, str) and "${aws:" in value:
                 del dims[name]  # a template is not a static value
-                fills = AWS_TEMPLATES.get(name) == value or (
-                    plugin == "disk" and (name, value) == VOLUME_TEMPLATE
-                )
-                if not fills:
-                    out.warnings.append(f"{where}: {_template_problem(value)}; ignored")
+                if value in AWS_TEMPLATES.values():
+                    out.templates.setdefault(plugin, []).append((name, value))
+                elif plugin == "disk" and (name, value) == VOLUME_TEMPLATE:
+                    out.volume_id = True
+                else:
+                    out.warnings.append(f"{where}: {_template_problem(value, plugin)}; ignored")
                     continue
-                if name == "InstanceId":
-                    continue  # every in-guest datum carries it
-                out.templates.setdefault(plugin, []).append((name, value))
-                if "append_templates" in NOT_YET_HONOURED:
-                    out.warnings.append(f"{where}: {NOT_YET_HONOURED['append_templates']}; ignored")
             warning = _dimension_name_warning(name, where)
             if warning:
                 out.warnings.append(warning)
@@ -974,7 +990,6 @@ def _served(data: dict[str, Any], environ: Mapping[str, str]) -> _Served:
         )
     _take_ignored(SCHEMA, out.doc, "$", out)
     _expand_environment(out, environ)
-    agent = out.doc.get("agent")
     metrics = out.doc.get("metrics")
     for section, key in (
         ("agent", "agent.credentials.role_arn"),
@@ -983,14 +998,6 @@ def _served(data: dict[str, Any], environ: Mapping[str, str]) -> _Served:
         credentials = out.doc.get(section, {}).get("credentials")
         if key in NOT_YET_HONOURED and isinstance(credentials, dict) and "role_arn" in credentials:
             out.warnings.append(f"$.{key}: {NOT_YET_HONOURED[key]}; ignored")
-    if (
-        "agent.omit_hostname" in NOT_YET_HONOURED
-        and isinstance(agent, dict)
-        and agent.get("omit_hostname") is False
-    ):
-        out.warnings.append(
-            f"$.agent.omit_hostname: {NOT_YET_HONOURED['agent.omit_hostname']}; ignored"
-        )
     if isinstance(metrics, dict):
         _served_metrics(metrics, out)
         collected = metrics.get("metrics_collected")
@@ -1081,6 +1088,8 @@ def parse_config(
     problems = served.errors + _first_errors(served.doc)
     if problems:
         raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(problems))
+    # Present at all (before defaults fill it in): the CloudWatch Agent's conf.IsSet.
+    append_set = "append_dimensions" in served.doc.get("metrics", {})
     filled = with_defaults(served.doc)
     interval = filled["agent"]["metrics_collection_interval"]
     collected = filled["metrics"]["metrics_collected"]
@@ -1097,6 +1106,7 @@ def parse_config(
             drop_device=d["drop_device"],
             interval_s=d.get("metrics_collection_interval", interval),
             shaping=shaping,
+            volume_id=served.volume_id and append_set and not d["drop_device"],
         )
 
     plugins: dict[str, GuestPlugin | None] = {}
@@ -1129,30 +1139,114 @@ def parse_config(
         net=plugins["net"],
         mem=plugins["mem"],
         vm_deadline_s=float(hyper.get("vm_deadline_seconds", max(5.0, 2 * timeouts))),
+        append_dimensions_set=append_set,
         limits=_build(Limits, filled),
         spool=_build(SpoolSettings, filled, directory=spool_dir),
         publish=_build(PublishSettings, filled),
         self_metrics=_build(SelfMetricsSettings, filled),
         status_server=_build(StatusServerSettings, filled),
         source=source,
-        warnings=tuple(sorted(served.warnings, key=_path_order)),
     )
+    warnings = [*served.warnings, *_dimension_warnings(config, served.volume_id)]
+    config = replace(config, warnings=tuple(sorted(warnings, key=_path_order)))
     _check_dimension_counts(config, source)
     return config
+
+
+def guest_plugins(config: Config) -> dict[str, DiskPlugin | GuestPlugin]:
+    """The in-guest plugins the config turns on, by name."""
+    out: dict[str, DiskPlugin | GuestPlugin] = {}
+    for plugin in ("cpu", "disk", "diskio", "net", "mem"):
+        section: DiskPlugin | GuestPlugin | None = getattr(config, plugin)
+        if section is not None:
+            out[plugin] = section
+    return out
+
+
+def guest_dimensions(config: Config, plugin: str, metric: str) -> set[str]:
+    """Every dimension name an in-guest datum of `metric` (of `plugin`) can carry under this
+    config: the catalog's (host only with Config.host_dimension, disk's device unless
+    drop_device, VolumeId only with DiskPlugin.volume_id), the plugin's append_dimensions and
+    metrics.append_dimensions."""
+    section = guest_plugins(config)[plugin]
+    spec = CATALOG[metric]
+    dims = set(spec.dimensions)
+    if not config.host_dimension:
+        dims.discard("host")
+    if isinstance(section, DiskPlugin):
+        if section.drop_device:
+            dims.discard("device")
+        if not section.volume_id:
+            dims.discard("VolumeId")
+    shaping = section.shaping
+    dims |= {name for name, _ in (*shaping.append_dimensions, *shaping.append_templates)}
+    dims |= {name for name, _ in config.append_dimensions}
+    if config.append_dimensions_set:
+        dims.discard("host")  # the ec2tagger removes it, a plugin's own "host" too
+    return dims
+
+
+def _tells_vms_apart(config: Config, section: DiskPlugin | GuestPlugin) -> bool:
+    """Whether a plugin's datums carry the instance id (so two VMs' series never merge): the
+    metrics-wide InstanceId template (unless the plugin's own static InstanceId, which the
+    ec2tagger does not overwrite, hides it), or a plugin template "${aws:InstanceId}"."""
+    instance = AWS_TEMPLATES["InstanceId"]
+    if any(template == instance for _, template in section.shaping.append_templates):
+        return True
+    static = {name for name, _ in section.shaping.append_dimensions}
+    return ("InstanceId", instance) in config.append_dimensions and "InstanceId" not in static
+
+
+def _dimension_warnings(config: Config, volume_asked: bool) -> list[str]:
+    """What the in-guest dimension sets of this config mean for the operator: disk's VolumeId
+    asked where the CloudWatch Agent would not fill it in, and plugins whose series of
+    different VMs would merge (no instance id among their dimensions)."""
+    out = []
+    disk = config.disk
+    where = "$.metrics.metrics_collected.disk.append_dimensions.VolumeId"
+    if disk is not None and volume_asked and not config.append_dimensions_set:
+        out.append(
+            f"{where}: the CloudWatch Agent fills ${{aws:VolumeId}} in only when "
+            "metrics.append_dimensions is set (its ec2tagger processor does); ignored"
+        )
+    elif disk is not None and volume_asked and disk.drop_device:
+        out.append(
+            f"{where}: drop_device takes out the device tag the CloudWatch Agent finds the "
+            "volume by; ignored"
+        )
+    merging = [p for p, s in guest_plugins(config).items() if not _tells_vms_apart(config, s)]
+    if merging:
+        names = ", ".join(merging)
+        if config.host_dimension and config.hostname:
+            why = "carry one `host` for every VM (agent.hostname): all VMs share one series"
+        elif config.host_dimension:
+            why = (
+                "are told apart by `host` only, the guest's host name, which VMs can share "
+                "(images boot as localhost, debian, ...): VMs with the same host name share "
+                "one series"
+            )
+        elif config.omit_hostname and not config.append_dimensions_set:
+            why = (
+                "carry nothing that tells VMs apart (agent.omit_hostname): all VMs share one series"
+            )
+        else:
+            why = (
+                "carry nothing that tells VMs apart (metrics.append_dimensions takes out `host`, "
+                "as in the CloudWatch Agent): all VMs share one series"
+            )
+        out.append(
+            f'$.metrics.append_dimensions: no "InstanceId": "${{aws:InstanceId}}": the '
+            f"in-guest metrics of {names} {why}; add it, as the CloudWatch Agent's wizard does"
+        )
+    return out
 
 
 def _check_dimension_counts(config: Config, source: str) -> None:
     """Append dimensions that would take a plugin's datums past CloudWatch's 30 dimensions
     make every such datum a refusal: refused here, naming the keys, instead of at send time."""
-    metrics_wide = {name for name, template in config.append_dimensions}
-    for plugin in ("cpu", "disk", "diskio", "net", "mem"):
-        section: DiskPlugin | GuestPlugin | None = getattr(config, plugin)
-        if section is None:
-            continue
-        shaping = section.shaping
-        own = {name for name, _ in (*shaping.append_dimensions, *shaping.append_templates)}
+    for plugin, section in guest_plugins(config).items():
         for metric in section.metrics:
-            dims = set(CATALOG[metric].dimensions) | metrics_wide | own
+            dims = guest_dimensions(config, plugin, metric)
             if len(dims) > MAX_DIMENSIONS:
                 raise ConfigError(
                     f"{source}: $.metrics.append_dimensions and "

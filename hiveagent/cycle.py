@@ -40,6 +40,9 @@ class VmFacts(NamedTuple):
     qga_error: str | None = None  # why the guest agent exchange failed this cycle
     qga_misses: int = 0  # consecutive cycles it was expected and did not answer
     balloon_poll_s: int | None = None  # the balloon's guest-stats polling interval, s
+    # The guest's host name (guest-get-host-name), as last learnt; None: never learnt for this
+    # QEMU process. In-guest datums carry it as the CloudWatch Agent's `host` dimension.
+    host_name: str | None = None
 
 
 @dataclass

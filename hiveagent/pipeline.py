@@ -24,7 +24,13 @@ from hiveagent.config import Config
 from hiveagent.cycle import Cycle
 from hiveagent.model import Datum, VmSpec
 from hiveagent.monitoring import BasicWindows, detailed_copies, passes_through, tier
-from hiveagent.shaping import MetadataFiles, plugin_shaping, shape, vm_dimensions
+from hiveagent.shaping import (
+    MetadataFiles,
+    plugin_shaping,
+    shape,
+    template_values,
+    vm_dimensions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +65,9 @@ class Pipeline:
 
     def finish_vm(self, spec: VmSpec, datums: list[Datum]) -> list[Datum]:
         meta = self.metadata.get(spec.instance_id)
-        vm_dims = vm_dimensions(self.config, spec, meta)
-        datums = shape(datums, self.config, vm_dims, self.shaping)
+        values = template_values(spec, meta)
+        vm_dims = vm_dimensions(self.config, values)
+        datums = shape(datums, self.config, vm_dims, self.shaping, values)
         if tier(spec.period_s, self.config.monitoring) == "basic":
             windows = self.windows.get(spec.instance_id)
             if windows is None:

@@ -1,12 +1,26 @@
-"""What the CloudWatch Agent's config does to in-guest datums after collection, applied per VM:
+"""What the CloudWatch Agent's config does to in-guest datums after collection, applied per VM.
 
-- `append_dimensions` (metrics-wide): `${aws:InstanceId}`, `${aws:ImageId}`,
-  `${aws:InstanceType}`, `${aws:AutoScalingGroupName}` resolved per VM (from its sidecar, or the
-  per-VM metadata file `hypervisor.instance_metadata` points to), plus static custom dimensions
-  (which the CloudWatch Agent cannot do); a plugin's own `append_dimensions` are static. A
-  template that is unknown for a VM adds nothing (as the CloudWatch Agent does off EC2).
+A collector emits each in-guest datum with the tags the CloudWatch Agent's telegraf input would
+give it (the plugin's own, `host` unless the config leaves it out, disk's VolumeId when asked:
+hiveagent.catalog). Then, in the CloudWatch Agent's order:
+
+- a plugin's `append_dimensions` are telegraf input tags (translator/translate/metrics/util/
+  commonconfigutil.go, ProcessAppendDimensions): static values, and `${aws:InstanceId}`,
+  `${aws:ImageId}`, `${aws:InstanceType}`, `${aws:AutoScalingGroupName}` under any name,
+  resolved per VM (its translator resolves them from the instance's metadata,
+  translator/translate/util/placeholderUtil.go). telegraf adds them where the input's own
+  tags do not have the name, and they win over its global `host` tag (models/makemetric.go);
+  disk's `mode` (and `device` with drop_device) are then excluded (tagexclude).
+- `append_dimensions` (metrics-wide) are the ec2tagger processor's (plugins/processors/
+  ec2tagger/ec2tagger.go, updateOtelAttributes): the four templates, each under its own name,
+  added where the datum lacks that name; hiveagent adds static values the same way (the
+  CloudWatch Agent ignores them). Its presence alone removes `host` from every datum.
+  Templates resolve per VM from its sidecar or the per-VM metadata file
+  `hypervisor.instance_metadata` points to; one unknown for a VM adds nothing.
 - `aggregation_dimensions`: each datum is also sent under every listed dimension subset it
-  carries, so CloudWatch aggregates the series that share it (`[]` = the whole namespace).
+  carries with fewer names than it has (plugins/outputs/cloudwatch/cloudwatch.go,
+  ProcessRollup: a subset as large as the datum's set is skipped), so CloudWatch aggregates
+  the series that share it (`[]` = the whole namespace).
 - `drop_original_metrics`: those metrics are sent only under their aggregation subsets.
 - measurement objects `{name, rename, unit}`: a new name and/or unit label; the value is
   untouched (the CloudWatch Agent does not convert either).
@@ -20,15 +34,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from hiveagent.config import Config, Shaping
-from hiveagent.model import Datum, VmSpec
+from hiveagent.model import Datum, Dimensions, VmSpec
 
 log = logging.getLogger(__name__)
 
 NO_SHAPING = Shaping()
+# Dimensions a collector adds that a plugin's append_dimensions override (telegraf's global tag,
+# and the ec2tagger's VolumeId, which it adds only where the datum has none).
+OVERRIDABLE = frozenset({"host", "VolumeId"})
+# Tags the CloudWatch Agent's translator excludes from a plugin's metrics (tagexclude), its own
+# append_dimensions included; disk's device too with drop_device.
+EXCLUDED = {"disk": frozenset({"mode"})}
 TEMPLATES = {
     "${aws:InstanceId}": "instance_id",
     "${aws:ImageId}": "image_id",
@@ -88,19 +109,25 @@ class MetadataFiles:
         return meta
 
 
-def vm_dimensions(config: Config, spec: VmSpec, meta: VmMetadata) -> dict[str, str]:
-    """The metrics-wide append_dimensions resolved for one VM."""
+def template_values(spec: VmSpec, meta: VmMetadata) -> dict[str, str]:
+    """The `${aws:...}` templates known for one VM -> their values (the sidecar first, then
+    the metadata file); an unknown one is absent."""
     out = {}
-    for name, template in config.append_dimensions:
-        if name == "InstanceId" and template == "${aws:InstanceId}":
-            continue  # every in-guest datum carries InstanceId already
-        field = TEMPLATES.get(template)
-        if field is None:
-            out[name] = template  # a static custom dimension
-            continue
+    for template, field in TEMPLATES.items():
         value = getattr(spec, field, None) or getattr(meta, field, None)
         if value:
-            out[name] = value
+            out[template] = value
+    return out
+
+
+def vm_dimensions(config: Config, values: Mapping[str, str]) -> dict[str, str]:
+    """The metrics-wide append_dimensions resolved for one VM (`template_values`)."""
+    out = {}
+    for name, template in config.append_dimensions:
+        if template not in TEMPLATES:
+            out[name] = template  # a static custom dimension
+        elif template in values:
+            out[name] = values[template]
     return out
 
 
@@ -115,35 +142,82 @@ def plugin_shaping(config: Config) -> dict[str, Shaping]:
     return out
 
 
+def plugin_dimensions(
+    config: Config, prefix: str, s: Shaping, values: Mapping[str, str]
+) -> dict[str, str]:
+    """A plugin's append_dimensions for one VM: its static values and its templates resolved
+    (one unknown for the VM adds nothing), less the tags its plugin excludes."""
+    out = dict(s.append_dimensions)
+    for name, template in s.append_templates:
+        if template in values:
+            out[name] = values[template]
+    excluded = set(EXCLUDED.get(prefix, ()))
+    if prefix == "disk" and config.disk is not None and config.disk.drop_device:
+        excluded.add("device")
+    for name in excluded:
+        out.pop(name, None)
+    return out
+
+
+def _dimension_sets(
+    dims: dict[str, str], own: dict[str, str], vm_dims: dict[str, str], config: Config
+) -> tuple[Dimensions, list[Dimensions]]:
+    """A datum's full dimension set (its collector's, then its plugin's append_dimensions,
+    then the metrics-wide ones) and the distinct aggregation subsets it is also sent under."""
+    for name, value in own.items():  # telegraf: the input's own tags win
+        if name not in dims or name in OVERRIDABLE:
+            dims[name] = value
+    for name, value in vm_dims.items():  # the ec2tagger: only where the datum has none
+        dims.setdefault(name, value)
+    if config.append_dimensions_set:
+        dims.pop("host", None)  # the ec2tagger's, whatever put it there
+    rollups: list[Dimensions] = []
+    for subset in config.aggregation_dimensions:
+        if len(subset) < len(dims) and all(k in dims for k in subset):
+            key = tuple(sorted((k, dims[k]) for k in subset))
+            if key not in rollups:
+                rollups.append(key)
+    return tuple(sorted(dims.items())), rollups
+
+
 def shape(
-    datums: list[Datum], config: Config, vm_dims: dict[str, str], plugins: dict[str, Shaping]
+    datums: list[Datum],
+    config: Config,
+    vm_dims: dict[str, str],
+    plugins: dict[str, Shaping],
+    values: Mapping[str, str] | None = None,
 ) -> list[Datum]:
-    """Apply append/aggregation dimensions, drops and renames to one VM's datums."""
-    if not (vm_dims or config.aggregation_dimensions or plugins):
+    """Apply append/aggregation dimensions, drops and renames to one VM's datums; `values`
+    are its `template_values`, for the plugins' templates."""
+    if not (vm_dims or config.aggregation_dimensions or plugins or config.append_dimensions_set):
         return datums
     guest_ns = config.guest_namespace
+    own = {p: plugin_dimensions(config, p, s, values or {}) for p, s in plugins.items()}
+    # (plugin, collector dimensions) -> the datum's full set and its rollups, each sorted:
+    # worked out once per series, not per metric of it
+    shaped: dict[tuple[str, Dimensions], tuple[Dimensions, list[Dimensions]]] = {}
     out: list[Datum] = []
     for d in datums:
         if d.namespace != guest_ns:
             out.append(d)
             continue
-        s = plugins.get(d.name.split("_", 1)[0], NO_SHAPING)  # cpu_..., diskio_..., ...
-        dims = dict(d.dimensions)
-        dims.update(vm_dims)
-        dims.update(s.append_dimensions)
-        new_name, unit = d.name, d.unit
+        prefix = d.name.split("_", 1)[0]  # cpu_..., diskio_..., ...
+        s = plugins.get(prefix, NO_SHAPING)
+        sets = shaped.get((prefix, d.dimensions))
+        if sets is None:
+            sets = shaped[(prefix, d.dimensions)] = _dimension_sets(
+                dict(d.dimensions), own.get(prefix, {}), vm_dims, config
+            )
+        ns, name, _, value, unit, stamp, resolution, samples = d
+        new_name = name
         for metric, rename, new_unit in s.renames:
-            if metric == d.name:
-                new_name, unit = rename or d.name, new_unit or d.unit
-        variants = [] if d.name in s.drop_original else [dims]
-        for subset in config.aggregation_dimensions:
-            if set(subset) <= set(dims):
-                variants.append({k: dims[k] for k in subset})
-        seen = set()
-        for v in variants:
-            key = tuple(sorted(v.items()))
-            if key in seen:
-                continue
-            seen.add(key)
-            out.append(d._replace(name=new_name, unit=unit, dimensions=key))
+            if metric == name:
+                new_name, unit = rename or name, new_unit or unit
+        full, rollups = sets
+        for key in rollups if name in s.drop_original else (full, *rollups):
+            # tuple.__new__ skips the named tuple's Python-level __new__ (as the Emitter does)
+            out.append(_new(Datum, (ns, new_name, key, value, unit, stamp, resolution, samples)))
     return out
+
+
+_new = tuple.__new__

@@ -29,6 +29,13 @@ log = logging.getLogger(__name__)
 # query-status is asked again after any QMP event; this bounds how long a run state change that
 # came without an event could go unseen (in cycles).
 STATUS_REFRESH_CYCLES = 10
+# The guest's host name (the CloudWatch Agent's `host` dimension) is asked once per guest agent
+# contact (after it did not answer, and at the first one of a QEMU process) and again every this
+# many cycles, so a renamed guest shows within them. It is never asked per datum.
+HOST_NAME_COMMAND = "guest-get-host-name"
+HOST_NAME_REFRESH_CYCLES = 60
+HOST_NAME_MAX = 255  # POSIX's _POSIX_HOST_NAME_MAX bound; Linux's own HOST_NAME_MAX is 64
+MAX_DIMENSION_VALUE = 1024  # CloudWatch's limit on a dimension value
 
 
 class CyclePlan(NamedTuple):
@@ -82,6 +89,9 @@ class VmSession:
             self.qga_seen = self._remembered(pid)
         self.qga_path: str | None = None  # the guest agent socket found by the last query-chardev
         self.qga_answered = False
+        self.host_name: str | None = None  # the guest's, as last learnt (guest-get-host-name)
+        self.host_name_cycle: int | None = None  # when it was last asked (None: ask)
+        self.host_name_problem: str | None = None  # why it is not known, as last logged
 
     # -- what survives an agent restart: this QEMU process's guest agent answered ------------
 
@@ -176,6 +186,7 @@ class VmSession:
             None if qga_failure is None else str(qga_failure),
             self.qga_misses,
             self.balloon_poll_s,
+            self.host_name,
         )
         return CycleOutcome(facts, replies, qmp_failure, qga_failure, stale)
 
@@ -199,6 +210,7 @@ class VmSession:
             self.vcpu_threads,
             self.balloon,
             balloon_poll_s=self.balloon_poll_s,
+            host_name=self.host_name,
         )
 
     async def _qmp_part(self, plan: CyclePlan, replies: Replies) -> str | None:
@@ -337,6 +349,60 @@ class VmSession:
         self.status_cycle = plan.cycle
         return None
 
+    def wants_host_name(self) -> bool:
+        """Whether the config sends in-guest metrics with the guest's host name as `host`
+        (not agent.hostname's)."""
+        config = self.config
+        return (
+            config.host_dimension
+            and not config.hostname
+            and any(
+                getattr(config, plugin) is not None
+                for plugin in ("cpu", "disk", "diskio", "net", "mem")
+            )
+        )
+
+    def _host_name_due(self, cycle: int, enabled: frozenset[str]) -> bool:
+        if not self.wants_host_name():
+            return False
+        if HOST_NAME_COMMAND not in enabled:
+            self._host_name_unknown(f"the guest agent does not offer {HOST_NAME_COMMAND}")
+            return False
+        last = self.host_name_cycle
+        return last is None or cycle - last >= HOST_NAME_REFRESH_CYCLES
+
+    def _learn_host_name(self, reply: Any, cycle: int) -> None:
+        """Keep the host name the guest gave; a failure or an unusable name keeps the last
+        one (the guest agent is asked again at its next contact or refresh)."""
+        self.host_name_cycle = cycle
+        if isinstance(reply, QgaError):
+            self._host_name_unknown(f"{HOST_NAME_COMMAND}: {reply}")
+            return
+        name = parse_host_name(reply)
+        if name is None:
+            self._host_name_unknown(f"{HOST_NAME_COMMAND}: not a usable host name: {reply!r:.120}")
+            return
+        if name != self.host_name and self.host_name is not None:
+            log.info(
+                "vm %s: guest host name now %r (was %r)",
+                self.spec.instance_id,
+                name,
+                self.host_name,
+            )
+        self.host_name, self.host_name_problem = name, None
+
+    def _host_name_unknown(self, why: str) -> None:
+        """Logged once per reason while no host name is known: the VM's in-guest datums are
+        not sent meanwhile (the collectors count them as `host_name.unknown`)."""
+        if self.host_name is None and why != self.host_name_problem:
+            log.warning(
+                "vm %s: guest host name unknown (%s): its in-guest metrics, whose `host` "
+                "dimension it is, are not sent",
+                self.spec.instance_id,
+                why,
+            )
+        self.host_name_problem = why
+
     async def _guest_agent_part(
         self, path: str, plan: CyclePlan, facts: VmFacts, replies: Replies
     ) -> tuple[QgaError | None, int]:
@@ -355,14 +421,21 @@ class VmSession:
                 if isinstance(info, QgaError):
                     raise info
                 self.guest_info = parse_guest_info(info)
+                self.host_name_cycle = None  # a new contact: the guest may have been renamed
             enabled = self.guest_info.enabled_commands
             facts = facts._replace(qga_connected=True, qga_commands=enabled)
             wanted = [c for c in dict.fromkeys(plan.qga_wants(facts)) if c in enabled]
+            ask_host = self._host_name_due(plan.cycle, enabled)
             # Always at least the resync (when nothing is wanted): it proves the guest agent
             # answers, which the instance status check needs.
-            results = await client.execute_many(wanted)
+            results = await client.execute_many(
+                [*wanted, HOST_NAME_COMMAND] if ask_host else wanted
+            )
             replies.qga_at = time.monotonic()
-            replies.qga.update(zip(wanted, results, strict=True))
+            replies.qga.update(zip(wanted, results, strict=False))
+            if ask_host:
+                self._learn_host_name(results[-1], plan.cycle)
+            timed_out = any(isinstance(r, QgaTimeout) for r in results)
         except QgaError as exc:
             self.guest_info = None
             self.qga_state = f"error: {exc}"
@@ -372,9 +445,28 @@ class VmSession:
         if not self.qga_seen:
             self.qga_seen = True
             self._remember()
-        self.qga_answered = not any(isinstance(r, QgaTimeout) for r in replies.qga.values())
+        self.qga_answered = not timed_out
         self.qga_state = f"ok (qemu-ga {self.guest_info.version})"
         return None, client.stale_replies
+
+
+def parse_host_name(reply: Any) -> str | None:
+    """The host name in a guest-get-host-name reply (`{"host-name": str}`; qemu-ga gives
+    gethostname(2), the name the CloudWatch Agent's telegraf reads with os.Hostname, or
+    "localhost" when that fails). Guest input: None unless it is 1 to HOST_NAME_MAX printable
+    characters, not all blanks; non-ASCII ones are escaped as Python does (`wéb` -> `w\\xe9b`),
+    as for every guest-supplied dimension value, since CloudWatch takes ASCII only."""
+    name = reply.get("host-name") if isinstance(reply, dict) else None
+    if (
+        not isinstance(name, str)
+        or not 0 < len(name) <= HOST_NAME_MAX
+        or not name.isprintable()
+        or name.isspace()
+    ):
+        return None
+    if not name.isascii():
+        name = name.encode("ascii", "backslashreplace").decode("ascii")[:MAX_DIMENSION_VALUE]
+    return name
 
 
 def parse_vcpu_threads(reply: Any) -> tuple[int, ...]:

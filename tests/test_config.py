@@ -98,6 +98,7 @@ def test_defaults_and_values() -> None:
     assert m is not None and m.group("instance_id") == "web-1"
     assert generic.disk is not None and generic.disk.metrics == ("disk_used_percent",)
     assert generic.disk.drop_device and generic.qga_max_reply_bytes == 262144
+    assert generic.omit_hostname and not generic.host_dimension
     assert generic.with_run_dir("/tmp/x").spinifex_run_dir == "/tmp/x"
 
 
@@ -451,6 +452,7 @@ def test_measurement_names_as_the_cloudwatch_agent_reads_them() -> None:
     assert config.disk is None and config.diskio is None  # nothing they could produce
     assert config.mem.metrics == ("mem_used_percent",)
     assert [w.split(": ", 1)[0] for w in config.warnings] == [
+        "$.metrics.append_dimensions",  # no InstanceId: VMs sharing a host name merge
         "$.metrics.metrics_collected.cpu.measurement[3]",  # named twice
         "$.metrics.metrics_collected.disk",
         "$.metrics.metrics_collected.disk.measurement[0]",
@@ -471,8 +473,8 @@ def test_every_unproduced_cwa_measurement_says_why() -> None:
 
 
 def test_keys_parsed_for_later_and_warned_until_honoured() -> None:
-    """role_arn, omit_hostname and a plugin's append_dimensions templates are in Config; each
-    is named in a warning while NOT_YET_HONOURED lists it."""
+    """role_arn is in Config and named in a warning while NOT_YET_HONOURED lists it;
+    omit_hostname and a plugin's append_dimensions templates are honoured (no warning)."""
     config = parse_config(
         {
             "agent": {
@@ -481,13 +483,14 @@ def test_keys_parsed_for_later_and_warned_until_honoured() -> None:
             },
             "metrics": {
                 "credentials": {"role_arn": "arn:aws:iam::123456789012:role/metrics"},
+                "append_dimensions": {"InstanceId": "${aws:InstanceId}"},
                 "metrics_collected": {
                     "disk": {
                         "measurement": ["used_percent"],
                         "append_dimensions": {
                             "VolumeId": "${aws:VolumeId}",
                             "InstanceType": "${aws:InstanceType}",
-                            "InstanceId": "${aws:InstanceId}",
+                            "Instance": "${aws:InstanceId}",
                             "Team": "storage",
                         },
                     }
@@ -501,19 +504,85 @@ def test_keys_parsed_for_later_and_warned_until_honoured() -> None:
     assert parse_config({"agent": {"omit_hostname": True}}).omit_hostname is True
     assert config.disk is not None
     assert config.disk.shaping.append_dimensions == (("Team", "storage"),)
+    # In a plugin, the CloudWatch Agent resolves the EC2 templates under any name
+    # (translator/translate/util/placeholderUtil.go, ResolveAWSMetadataPlaceholders); disk's
+    # VolumeId is its ec2tagger's, on with metrics.append_dimensions set.
     assert config.disk.shaping.append_templates == (
+        ("Instance", "${aws:InstanceId}"),
         ("InstanceType", "${aws:InstanceType}"),
-        ("VolumeId", "${aws:VolumeId}"),
     )
+    assert config.disk.volume_id
     warned = {w.split(": ", 1)[0] for w in config.warnings}
     expected = {
         "$.agent.credentials.role_arn": "agent.credentials.role_arn",
         "$.metrics.credentials.role_arn": "metrics.credentials.role_arn",
-        "$.agent.omit_hostname": "agent.omit_hostname",
-        "$.metrics.metrics_collected.disk.append_dimensions.VolumeId": "append_templates",
-        "$.metrics.metrics_collected.disk.append_dimensions.InstanceType": "append_templates",
     }
     assert warned == {path for path, key in expected.items() if key in NOT_YET_HONOURED}
+    assert "agent.omit_hostname" not in NOT_YET_HONOURED
+
+
+def test_host_and_volume_dimensions_as_the_cloudwatch_agent_decides() -> None:
+    """`host` unless agent.omit_hostname or metrics.append_dimensions is present at all
+    (amazon-cloudwatch-agent translator/translate/otel/pipeline/host/translator.go adds the
+    ec2tagger when conf.IsSet(metrics::append_dimensions), and plugins/processors/ec2tagger/
+    ec2tagger.go removes "host"); disk's VolumeId needs that ec2tagger and the device tag
+    (translator/translate/otel/processor/ec2taggerprocessor/translator.go, DiskDeviceTagKey
+    "device"; translator/.../disk/ruleDropTags.go excludes device with drop_device)."""
+    disk = {"measurement": ["used_percent"], "append_dimensions": {"VolumeId": "${aws:VolumeId}"}}
+
+    def cfg(agent: dict[str, Any], metrics: dict[str, Any]) -> Any:
+        return parse_config({"agent": agent, "metrics": metrics})
+
+    plain = cfg({}, {"metrics_collected": {"disk": disk}})
+    assert plain.host_dimension and plain.disk is not None and not plain.disk.volume_id
+    assert any(
+        w.startswith("$.metrics.metrics_collected.disk.append_dimensions.VolumeId: ")
+        and "only when metrics.append_dimensions is set" in w
+        for w in plain.warnings
+    )
+    assert not cfg({"omit_hostname": True}, {"metrics_collected": {"disk": disk}}).host_dimension
+    for appended in ({}, {"InstanceId": "${aws:InstanceId}"}, {"ImageId": "${!aws:ImageId}"}):
+        c = cfg({"omit_hostname": False}, {"append_dimensions": appended,
+                                           "metrics_collected": {"disk": disk}})  # fmt: skip
+        assert not c.host_dimension and c.append_dimensions_set
+        assert c.disk is not None and c.disk.volume_id
+    dropped = cfg({}, {"append_dimensions": {}, "metrics_collected": {
+        "disk": {**disk, "drop_device": True}}})  # fmt: skip
+    assert dropped.disk is not None and not dropped.disk.volume_id
+    assert any("drop_device takes out the device tag" in w for w in dropped.warnings)
+
+
+@pytest.mark.parametrize(
+    "agent,appended,merging,why",
+    [
+        ({}, None, "cpu, mem", "told apart by `host` only"),
+        ({"omit_hostname": True}, None, "cpu, mem", "agent.omit_hostname"),
+        ({}, {"ImageId": "${aws:ImageId}"}, "cpu, mem", "takes out `host`"),
+        ({}, {"InstanceId": "${aws:InstanceId}"}, None, ""),
+    ],
+)
+def test_check_config_warns_when_vms_series_can_merge(
+    agent: dict[str, Any], appended: dict[str, str] | None, merging: str | None, why: str
+) -> None:
+    """Two VMs can share a host name (and without host nothing else tells them apart): a
+    config whose in-guest metrics carry no instance id is warned of. A plugin's own
+    "${aws:InstanceId}" (under any name) tells its VMs apart too."""
+    metrics: dict[str, Any] = {
+        "metrics_collected": {
+            "cpu": {},
+            "mem": {},
+            "disk": {"append_dimensions": {"Vm": "${aws:InstanceId}"}},
+        }
+    }
+    if appended is not None:
+        metrics["append_dimensions"] = appended
+    config = parse_config({"agent": agent, "metrics": metrics})
+    found = [w for w in config.warnings if w.startswith("$.metrics.append_dimensions: no ")]
+    if merging is None:
+        assert found == []
+    else:
+        [warning] = found
+        assert f"the in-guest metrics of {merging} " in warning and why in warning
 
 
 def test_environment_references() -> None:

@@ -3,9 +3,12 @@ collectors' emit() on pairs of them: CloudWatch Agent names, units and semantics
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import fnmatch
+import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,18 +33,31 @@ from hiveagent.collector import Collector, Emitter, VmView
 from hiveagent.config import catalog_measurements, parse_config
 from hiveagent.cycle import Replies, VmFacts, qmp_key
 from hiveagent.model import VmSpec
+from hiveagent.vm import HOST_NAME_REFRESH_CYCLES, CyclePlan, VmSession, parse_host_name
 
 
-def ctx_for(collected: dict[str, object]) -> VmView:
-    # No in-guest plugin: no metrics_collected (the CloudWatch Agent refuses an empty one).
-    config = parse_config({"metrics": {"metrics_collected": collected}} if collected else {})
+def ctx_for(
+    collected: dict[str, object], host: str | None = None, **sections: dict[str, Any]
+) -> VmView:
+    """A VM with `collected` as metrics_collected, `sections` (agent=..., metrics=...) merged
+    in, and `host` (default HOST) as its guest's host name."""
+    doc: dict[str, Any] = {k: dict(v) for k, v in sections.items()}
+    if collected:  # no in-guest plugin: no metrics_collected (the CloudWatch Agent refuses {})
+        doc.setdefault("metrics", {})["metrics_collected"] = collected
+    config = parse_config(doc)
     spec = VmSpec(instance_id="i-0123456789abcdef0", qmp_socket="/x", qga_socket=None,
                   vcpus=2, taps=None, account_id=None, period_s=None, origin="test")  # fmt: skip
-    return VmView(spec, config, VmFacts(pid=1), Replies(), Counter())
+    facts = VmFacts(pid=1, host_name=HOST if host is None else host)
+    return VmView(spec, config, facts, Replies(), Counter())
+
+
+HOST = "guest-1"  # the guest's host name, as guest-get-host-name gave it
 
 
 def by_series(out: Emitter) -> dict[tuple[str, str], float]:
-    return {(d.name, ",".join(v for k, v in d.dimensions if k != "InstanceId")): d.value
+    """(metric, the values of its plugin's own tags) -> value; every datum carries `host`."""
+    assert all(("host", HOST) in d.dimensions for d in out.datums)
+    return {(d.name, ",".join(v for k, v in d.dimensions if k != "host")): d.value
             for d in out.datums}  # fmt: skip
 
 
@@ -670,10 +686,18 @@ def test_fsinfo_volume_id_from_the_serial() -> None:
              "total-bytes": 2, "disk": disk}  # fmt: skip
     [fs] = parse_fsinfo([entry])
     assert fs.volume_id == "vol-0123456789abcdef0"
-    ctx = ctx_for({"disk": {}})
+    # VolumeId as the CloudWatch Agent's ec2tagger adds it: asked by disk's append_dimensions,
+    # with metrics.append_dimensions set (the ec2tagger exists only then).
+    volume = {"append_dimensions": {"VolumeId": "${aws:VolumeId}"}}
+    ctx = ctx_for({"disk": volume}, metrics={"append_dimensions": {}})
     out = Emitter.for_config(ctx.config, 1.0)
     GuestDisk().emit(None, [fs], ctx, out)
     assert {dict(d.dimensions)["VolumeId"] for d in out.datums} == {"vol-0123456789abcdef0"}
+    for unasked in (ctx_for({"disk": {}}, metrics={"append_dimensions": {}}),
+                    ctx_for({"disk": volume})):  # fmt: skip
+        out = Emitter.for_config(unasked.config, 1.0)
+        GuestDisk().emit(None, [fs], unasked, out)
+        assert out.datums and all("VolumeId" not in dict(d.dimensions) for d in out.datums)
     # No serial (no udev in the guest), or one that is not a volume: no VolumeId.
     for other in ([], [{"dev": "/dev/vdb"}], [{"serial": "QM00001"}], disk * 2):
         [fs] = parse_fsinfo([{**entry, "disk": other}])
@@ -812,3 +836,125 @@ def test_ebs_and_instance_store_sums(spinifex: bool) -> None:
     volumes = {d.dimensions[0][1] for d in out.datums if d.dimensions[0][0] == "VolumeId"}
     expected = {"vol-0123456789abcdef1"} | ({f"{view.spec.instance_id}:os"} if spinifex else set())
     assert volumes == expected  # instance store has no EBS volume metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# The guest's host name, the CloudWatch Agent's `host` dimension (telegraf reads os.Hostname;
+# qemu-ga's guest-get-host-name gives gethostname(2), or "localhost" when that fails:
+# qga/commands.c qmp_guest_get_host_name; QAPI: qga/qapi-schema.json, GuestHostName
+# {'host-name': 'str'}, since 2.10).
+
+
+@pytest.mark.parametrize(
+    "reply,name",
+    [
+        ({"host-name": "ip-10-0-0-7.ec2.internal"}, "ip-10-0-0-7.ec2.internal"),
+        ({"host-name": "localhost"}, "localhost"),
+        ({"host-name": "x" * 255}, "x" * 255),
+        ({"host-name": "x" * 256}, None),  # beyond any host name (POSIX: 255)
+        ({"host-name": ""}, None),
+        ({"host-name": "   "}, None),  # CloudWatch wants a non-blank value
+        ({"host-name": "web\x001"}, None),  # control characters
+        ({"host-name": "wéb"}, "w\\xe9b"),  # escaped: CloudWatch takes ASCII values only
+        ({"host-name": "\U0001f600" * 200}, ("\\U0001f600" * 200)[:1024]),  # then cut to 1024
+        ({"host-name": "\ud800"}, None),
+        ({"host-name": 7}, None),
+        ({"hostname": "web"}, None),
+        (["web"], None),
+        (None, None),
+    ],
+)
+def test_host_name_is_checked(reply: Any, name: str | None) -> None:
+    assert parse_host_name(reply) == name
+
+
+class FakeGuestAgent:
+    """Just enough of a guest agent on a unix socket: guest-sync-delimited, guest-info
+    (guest-get-host-name enabled or not) and guest-get-host-name (`name`, or an error);
+    counts the guest-get-host-name requests."""
+
+    def __init__(self, path: str, name: Any = "web-1", enabled: bool = True) -> None:
+        self.path, self.name, self.enabled, self.asked = path, name, enabled, 0
+        self.server: asyncio.AbstractServer | None = None
+
+    async def __aenter__(self) -> FakeGuestAgent:
+        self.server = await asyncio.start_unix_server(self.serve, self.path)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                request = json.loads(line.replace(b"\xff", b"") or b"{}")
+                command, rid = request.get("execute"), request.get("id")
+                if command == "guest-sync-delimited":
+                    synced = {"return": request["arguments"]["id"]}
+                    writer.write(b"\xff" + json.dumps(synced).encode() + b"\n")
+                    continue
+                if command == "guest-info":
+                    commands = [{"name": "guest-get-host-name", "enabled": self.enabled}]
+                    reply: Any = {"return": {"version": "7.2.22", "supported_commands": commands}}
+                elif command == "guest-get-host-name":
+                    self.asked += 1
+                    reply = (
+                        {"error": {"class": "GenericError", "desc": self.name.args[0]}}
+                        if isinstance(self.name, Exception)
+                        else {"return": {"host-name": self.name}}
+                    )
+                else:
+                    reply = {"error": {"class": "CommandNotFound", "desc": command}}
+                writer.write(json.dumps({**reply, "id": rid}).encode() + b"\n")
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+def test_host_name_is_learnt_rarely(tmp_path: Path) -> None:
+    """Asked at the first contact with the guest agent, again every HOST_NAME_REFRESH_CYCLES
+    and at a new contact (after the guest agent failed): never per cycle, never per datum. A
+    failure or an unusable name keeps the name learnt before."""
+    path = str(tmp_path / "qga.sock")
+    spec = VmSpec("i-0123456789abcdef0", "/x", path, 1, None, 60, None, "test")
+    session = VmSession(spec, parse_config({"metrics": {"metrics_collected": {"mem": {}}}}))
+
+    async def contact(cycle: int) -> None:
+        plan = CyclePlan(cycle, lambda facts: (), lambda facts: ())
+        failure, _ = await session._guest_agent_part(path, plan, VmFacts(), Replies())
+        assert failure is None
+
+    async def run() -> None:
+        async with FakeGuestAgent(path) as agent:
+            await contact(0)
+            assert (session.host_name, agent.asked) == ("web-1", 1)
+            agent.name = "web-2"
+            for cycle in range(1, HOST_NAME_REFRESH_CYCLES):
+                await contact(cycle)
+            assert (session.host_name, agent.asked) == ("web-1", 1)
+            await contact(HOST_NAME_REFRESH_CYCLES)
+            assert (session.host_name, agent.asked) == ("web-2", 2)
+            session.guest_info = None  # the guest agent failed since: a new contact
+            agent.name = "bad\nname"
+            await contact(HOST_NAME_REFRESH_CYCLES + 1)
+            assert (session.host_name, agent.asked) == ("web-2", 3)
+            agent.name = RuntimeError("Command guest-get-host-name has been disabled")
+            await contact(2 * HOST_NAME_REFRESH_CYCLES + 1)
+            assert (session.host_name, agent.asked) == ("web-2", 4)
+        # Blocked in the guest agent (qemu-ga -b): not asked; unknown stays unknown.
+        session._forget_process(None)
+        async with FakeGuestAgent(path, enabled=False) as agent:
+            await contact(0)
+            assert (session.host_name, agent.asked) == (None, 0)
+
+    asyncio.run(run())
+    # A config without `host` never asks.
+    appended: dict[str, Any] = {"append_dimensions": {}, "metrics_collected": {"mem": {}}}
+    assert not VmSession(spec, parse_config({"metrics": appended})).wants_host_name()
+    omitted = {"agent": {"omit_hostname": True}, "metrics": {"metrics_collected": {"mem": {}}}}
+    assert not VmSession(spec, parse_config(omitted)).wants_host_name()
+    assert not VmSession(spec, parse_config({})).wants_host_name()  # no in-guest plugin
+    fixed = {"agent": {"hostname": "fleet-1"}, "metrics": {"metrics_collected": {"mem": {}}}}
+    assert not VmSession(spec, parse_config(fixed)).wants_host_name()  # agent.hostname's

@@ -78,7 +78,12 @@ def collect(pair: Pair, tmp: Path) -> tuple[int, list[dict[str, Any]], str, floa
     """`hiveagent collect --once` as a process: (rc, datums, stderr, peak RSS MiB)."""
     cfg = {
         "agent": {"metrics_collection_interval": 10},
-        "metrics": {"metrics_collected": {"disk": {}}},
+        # InstanceId on the in-guest datums (the VMs are told apart by it; without
+        # append_dimensions they would carry `host` only, which the hostile agent lacks)
+        "metrics": {
+            "append_dimensions": {"InstanceId": "${aws:InstanceId}"},
+            "metrics_collected": {"disk": {}},
+        },
         "hypervisor": {
             "discovery": {"spinifex": {"run_dir": str(pair.h.run_dir)}},
             "qmp": {"timeout_seconds": 2},
@@ -190,7 +195,8 @@ def test_a_tenth_hung_does_not_hold_the_cycle(tmp_path: Path) -> None:
     try:
         config = parse_config({
             "agent": {"metrics_collection_interval": 10},
-            "metrics": {"metrics_collected": {"disk": {}}},
+            "metrics": {"append_dimensions": {"InstanceId": "${aws:InstanceId}"},
+                        "metrics_collected": {"disk": {}}},
             "hypervisor": {
                 "discovery": {"spinifex": {"run_dir": str(tmp_path / "all")}},
                 "qmp": {"timeout_seconds": 1}, "qga": {"timeout_seconds": 1},
