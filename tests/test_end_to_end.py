@@ -208,7 +208,10 @@ def test_status_cpu_and_timestamps(run_result: dict[str, Any]) -> None:
     system = fetch(run_result, "Hive/EC2", "StatusCheckFailed_System", inst, "Count", "Maximum")
     assert system and max(v for _, v in system) == 0
     samples = fetch(run_result, "Hive/EC2", "StatusCheckFailed", inst, "Count", "SampleCount")
-    assert total(samples) == 12  # one per cycle
+    # One per cycle; a request the agent timed out on and sent again may have been taken
+    # the first time too (at-least-once), which its log says ("... datum(s) kept").
+    resent = run_result["log"].count("datum(s) kept")
+    assert 12 <= total(samples) <= 12 + resent, run_result["log"][-2000:]
     cpu = fetch(run_result, "Hive/EC2", "CPUUtilization", inst, "Percent", "Average")
     assert cpu and all(0 < v <= 100 for _, v in cpu)
     lo = datetime.fromtimestamp(run_result["t0"], UTC) - timedelta(seconds=60)
