@@ -307,6 +307,30 @@ class SpoolSettings:
 
 
 @dataclass(frozen=True)
+class AccountSettings:
+    """hypervisor.accounts: which credentials sign each VM's metrics (routing by account)."""
+
+    # a template with {account_id}, assumed per account through STS
+    role_arn: str | None = field(default=None, metadata=_key("hypervisor.accounts.role_arn"))
+    external_id: str | None = field(default=None, metadata=_key("hypervisor.accounts.external_id"))
+    sts_endpoint: str | None = field(
+        default=None, metadata=_key("hypervisor.accounts.sts_endpoint_override")
+    )
+    profiles: tuple[tuple[str, str], ...] = _setting("hypervisor.accounts.profiles", _sorted_items)
+    unrouted: str = _setting("hypervisor.accounts.unrouted")  # default_credentials | hold
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.role_arn or self.profiles)
+
+    def role_for(self, account_id: str) -> str | None:
+        return self.role_arn.format(account_id=account_id) if self.role_arn else None
+
+    def profile_for(self, account_id: str) -> str | None:
+        return dict(self.profiles).get(account_id)
+
+
+@dataclass(frozen=True)
 class PublishSettings:
     """hypervisor.publish: retries and the circuit breaker in front of the endpoint."""
 
@@ -419,6 +443,7 @@ class Config:
     limits: Limits
     spool: SpoolSettings
     publish: PublishSettings
+    accounts: AccountSettings
     self_metrics: SelfMetricsSettings
     status_server: StatusServerSettings
     source: str = field(default="<memory>", compare=False)
@@ -1143,6 +1168,7 @@ def parse_config(
         limits=_build(Limits, filled),
         spool=_build(SpoolSettings, filled, directory=spool_dir),
         publish=_build(PublishSettings, filled),
+        accounts=_build(AccountSettings, filled),
         self_metrics=_build(SelfMetricsSettings, filled),
         status_server=_build(StatusServerSettings, filled),
         source=source,

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from hiveagent import __version__
+from hiveagent import __version__, accounts
+from hiveagent.accounts import DEFAULT, Tenant, client_for, client_settings
 from hiveagent.config import Config, ConfigError, load_config
 from hiveagent.ledger import DropLedger
+from hiveagent.model import VmSpec
 from hiveagent.observe import Observation, SelfMetrics, observe, prometheus_text
 from hiveagent.pipeline import Pipeline
 from hiveagent.publisher import Publisher
@@ -34,7 +36,7 @@ from hiveagent.scheduler import Scheduler, interval_warnings, settle_memory
 from hiveagent.spool import Spool
 from hiveagent.status_server import StatusServer
 from hiveagent.systemd import Notifier
-from hiveagent.wire import MAX_DATUMS_PER_REQUEST, Rules, make_client
+from hiveagent.wire import MAX_DATUMS_PER_REQUEST, Rules
 
 log = logging.getLogger("hiveagent")
 
@@ -65,23 +67,6 @@ def redact_url(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def client_settings(config: Config) -> tuple[Any, ...]:
-    """What the CloudWatch client is made of (a reload that changes it makes a new one)."""
-    role = config.metrics_role_arn or config.role_arn  # metrics.credentials wins, as in CWA
-    return (
-        config.region,
-        config.endpoint_override,
-        config.publish.timeout_s,
-        config.wire_protocol,
-        role,
-    )
-
-
-def client_for(config: Config) -> Any:
-    region, endpoint, timeout_s, protocol, role = client_settings(config)
-    return make_client(region, endpoint, timeout_s, protocol, role_arn=role)
-
-
 class Daemon:
     def __init__(
         self,
@@ -107,8 +92,10 @@ class Daemon:
             audit=audit,
             rules=Rules(config.datum_shape),
         )
+        default = client_settings(config)
+        assert default is not None
         self.publisher = Publisher(
-            client_for(config),
+            client_for(default),
             self.spool,
             config.publish,
         )
@@ -121,6 +108,9 @@ class Daemon:
         self.cycles = 0
         self.last_cycle_end: float | None = None
         self.status_server: StatusServer | None = None
+        # routing by account (hiveagent.accounts): one spool and publisher per tenant account
+        self.tenants: dict[str, Tenant] = {}
+        self.tenant_senders: dict[str, asyncio.Task[None]] = {}
 
     # -- views for the status server ------------------------------------------------------------
 
@@ -158,6 +148,7 @@ class Daemon:
             "agent": dict(self.scheduler.stats + self.pipeline.stats),
             "publisher": self.publisher.status(),
             "spool": self.spool.status(),
+            "accounts": {a: t.status() for a, t in sorted(self.tenants.items())},
         }
 
     def metrics(self) -> str:
@@ -174,6 +165,8 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         self.spool.open()
+        for account in accounts.spooled_accounts(self.config):  # replay what they spooled
+            self._tenant(account)
         if self.config.status_server.enabled:
             await self._start_status_server()
         for warning in (*self.config.warnings, *interval_warnings(self.config)):
@@ -193,7 +186,7 @@ class Daemon:
             await self._collect_loop()
         finally:
             self.notifier.notify("STOPPING=1", "STATUS=stopping: flushing to the endpoint")
-            for task in tasks:
+            for task in [*tasks, *self.tenant_senders.values()]:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -232,8 +225,13 @@ class Daemon:
         if new.spool != old.spool:
             log.warning("reload: spool settings change only at restart; the spool is kept as is")
             new = replace(new, spool=old.spool)
-        if client_settings(new) != client_settings(old):
-            self.publisher.client = client_for(new)
+        for tenant in self.tenants.values():  # credentials may have come, or gone
+            accounts.configure_tenant(tenant, new)
+            self._start_tenant_sender(tenant)
+        default = client_settings(new)
+        if default != client_settings(old):
+            assert default is not None
+            self.publisher.client = client_for(default)
             self.publisher.shape_fallback = False  # a new endpoint may take statistic sets
         self.publisher.settings = new.publish
         self.publisher.datum_shape = new.datum_shape
@@ -272,7 +270,13 @@ class Daemon:
                 self.stop.wait(), seconds_to_next_tick(time.time(), self.config.interval_s)
             )
         while not self.stop.is_set():
-            datums = self.pipeline.finish(await self.scheduler.collect())
+            routed = self.pipeline.finish_routed(await self.scheduler.collect(), self._route)
+            datums = routed.pop(DEFAULT, [])
+            for account, tenant_datums in routed.items():
+                tenant = self._tenant(account)
+                tenant.spool.add(tenant_datums)
+                if tenant.spool.pending_datums >= MAX_DATUMS_PER_REQUEST:
+                    self.flush_wanted.set()
             self.cycles += 1
             self.last_cycle_end = time.monotonic()
             if self.cycles == 2:
@@ -307,6 +311,46 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), wait)
 
+    # -- tenants (routing by account) -------------------------------------------------------
+
+    def _route(self, spec: VmSpec) -> str:
+        """The VM's account: its sidecar's (or generic group's), else its metadata file's."""
+        if not self.config.accounts.enabled:
+            return DEFAULT
+        account = spec.account_id or self.pipeline.metadata.get(spec.instance_id).account_id
+        return accounts.route(account, self.config)
+
+    def _tenant(self, account: str) -> Tenant:
+        tenant = self.tenants.get(account)
+        if tenant is None:
+            tenant = self.tenants[account] = accounts.open_tenant(self.config, account)
+            log.info(
+                "account %s: %s, spool %s",
+                account,
+                "held" if tenant.publisher is None else "sending with its own credentials",
+                tenant.spool.dir,
+            )
+            self._start_tenant_sender(tenant)
+        return tenant
+
+    def _start_tenant_sender(self, tenant: Tenant) -> None:
+        task = self.tenant_senders.get(tenant.account)
+        if tenant.publisher is not None and (task is None or task.done()):
+            self.tenant_senders[tenant.account] = asyncio.create_task(
+                self._tenant_sender(tenant), name=f"sender-{tenant.account}"
+            )
+
+    async def _tenant_sender(self, tenant: Tenant) -> None:
+        """One account's flushing, apart from the others': its breaker and backoff hold back
+        that account only."""
+        while tenant.publisher is not None:
+            publisher = tenant.publisher
+            wait = float(self.config.force_flush_interval_s)
+            if publisher.breaker.remaining_s() > 0:
+                wait = min(wait, publisher.breaker.remaining_s() + 0.01)
+            await asyncio.sleep(wait)
+            await publisher.flush()
+
     async def _sender(self) -> None:
         while True:
             wait = float(self.config.force_flush_interval_s)
@@ -319,18 +363,26 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         deadline = time.monotonic() + self.config.publish.shutdown_flush_s
-        partial = self.pipeline.drain()  # basic monitoring: the open 5-minute windows
-        if partial:
-            self.spool.add(partial)
+        partial = self.pipeline.drain_routed()  # basic monitoring: the open 5-minute windows
+        for account, datums in partial.items():
+            (self.spool if account == DEFAULT else self._tenant(account).spool).add(datums)
+        for task in self.tenant_senders.values():  # started by a late tenant, if any
+            task.cancel()
+        publishers = [self.publisher] + [
+            t.publisher for t in self.tenants.values() if t.publisher is not None
+        ]
+        flushes = [p.flush(deadline) for p in publishers if p.spool.pending and p.breaker.allow()]
         try:
-            if self.spool.pending and self.publisher.breaker.allow():
+            if flushes:
                 await asyncio.wait_for(
-                    self.publisher.flush(deadline), self.config.publish.shutdown_flush_s
+                    asyncio.gather(*flushes), self.config.publish.shutdown_flush_s
                 )
         except TimeoutError:
             pass
         finally:
             self.spool.close()
+            for tenant in self.tenants.values():
+                tenant.spool.close()
             await self.scheduler.close()
             if self.status_server is not None:
                 await self.status_server.stop()

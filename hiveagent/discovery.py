@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 SIDECAR_RE = re.compile(r"^qmp-telemetry-(?P<id>[^/]+)\.json$")
 INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 TAP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+ACCOUNT_ID_RE = re.compile(r"^[0-9]{12}$")
 MAX_SIDECAR_BYTES = 65536
 
 
@@ -77,6 +78,8 @@ def parse_sidecar(data: bytes, path: str) -> VmSpec:
         # The management tap (mg...) is not instance traffic.
         taps = tuple(t for t in taps_raw if not t.startswith("mg"))
     account = _field(obj, "account_id", str, path)
+    if account is not None and not ACCOUNT_ID_RE.match(account):
+        raise SidecarError(f"{path}: account_id must be 12 digits, got {account!r}")
     meta = {k: _field(obj, k, str, path) for k in METADATA_FIELDS}
     return VmSpec(
         instance_id=instance_id,
@@ -125,9 +128,13 @@ class Discovery:
                     if g.qga_socket
                     else None
                 )
+                account = m.groupdict().get("account_id")  # (?P<account_id>...) if any
+                if account is not None and not ACCOUNT_ID_RE.match(account):
+                    problems.append(f"{path}: bad account id {account!r}; taken as none")
+                    account = None
                 specs.setdefault(
                     instance_id,
-                    VmSpec(instance_id, path, qga, g.vcpus, None, None, None, g.qmp_glob),
+                    VmSpec(instance_id, path, qga, g.vcpus, None, None, account, g.qmp_glob),
                 )
         return sorted(specs.values(), key=lambda s: s.instance_id), problems
 

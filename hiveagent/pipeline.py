@@ -18,6 +18,7 @@ import math
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from hiveagent.config import Config
@@ -42,6 +43,7 @@ class Pipeline:
         # window a shutdown closed early): a basic window starting at or before it is not
         # gathered
         self.sent_until: dict[str, float] = {}
+        self.routes: dict[str, str] = {}  # instance id -> the route of its datums
         self.state_path = state_path
         if state_path is not None:
             self.sent_until = load_sent_until(state_path, time.time())
@@ -55,12 +57,23 @@ class Pipeline:
 
     def finish(self, cycle: Cycle) -> list[Datum]:
         """Every VM's datums of one cycle finished, plus the last windows of the VMs gone."""
-        out: list[Datum] = []
+        return [d for ds in self.finish_routed(cycle, lambda spec: "").values() for d in ds]
+
+    def finish_routed(self, cycle: Cycle, route: Callable[[VmSpec], str]) -> dict[str, list[Datum]]:
+        """`finish`, with each VM's datums under its route (hiveagent.accounts: the account
+        its datums are sent to); a VM gone goes by the route it had."""
+        out: dict[str, list[Datum]] = {}
+        collected = 0
         for vm in cycle.vms:
-            out += self.finish_vm(vm.spec, vm.datums)
+            key = self.routes[vm.spec.instance_id] = route(vm.spec)
+            datums = self.finish_vm(vm.spec, vm.datums)
+            collected += len(datums)
+            out.setdefault(key, []).extend(datums)
         for instance_id in cycle.gone:
-            out += self.vm_gone(instance_id)
-        self.stats["datums_collected"] += len(out)
+            datums = self.vm_gone(instance_id)
+            collected += len(datums)
+            out.setdefault(self.routes.pop(instance_id, ""), []).extend(datums)
+        self.stats["datums_collected"] += collected
         return out
 
     def finish_vm(self, spec: VmSpec, datums: list[Datum]) -> list[Datum]:
@@ -102,13 +115,17 @@ class Pipeline:
     def drain(self) -> list[Datum]:
         """Close every open basic-monitoring window (shutdown), and write down what was sent
         up to when (`state_path`), so the next start does not send those windows again."""
-        out = []
+        return [d for ds in self.drain_routed().values() for d in ds]
+
+    def drain_routed(self) -> dict[str, list[Datum]]:
+        """`drain`, each VM's windows under its route (as `finish_routed`)."""
+        out: dict[str, list[Datum]] = {}
         for instance_id, windows in self.windows.items():
             closed = windows.drain()
             if closed:
                 last = max(d.timestamp for d in closed)
                 self.sent_until[instance_id] = max(self.sent_until.get(instance_id, last), last)
-            out += closed
+                out.setdefault(self.routes.get(instance_id, ""), []).extend(closed)
         self.windows.clear()
         if self.state_path is not None:
             save_sent_until(self.state_path, self.sent_until)

@@ -48,6 +48,18 @@ RETRYABLE_CODES = frozenset(
         "TooManyRequestsException",
         "SlowDown",
         "RequestLimitExceeded",
+        # The credentials, not the datums: a role that cannot be assumed (yet), keys that
+        # expired or lack permission. The datums wait (the account's breaker opens) instead of
+        # being dropped as refused.
+        "AccessDenied",
+        "AccessDeniedException",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "SignatureDoesNotMatch",
+        "MissingAuthenticationToken",
+        "IncompleteSignature",
     }
 )
 

@@ -63,6 +63,7 @@ class VmMetadata:
     image_id: str | None = None
     instance_type: str | None = None
     autoscaling_group: str | None = None
+    account_id: str | None = None  # the account that owns the VM (hiveagent.accounts)
 
 
 def parse_metadata(data: bytes) -> VmMetadata:
@@ -75,7 +76,10 @@ def parse_metadata(data: bytes) -> VmMetadata:
         v = obj.get(key)
         return v[:1024] if isinstance(v, str) and v and v.isprintable() else None
 
-    return VmMetadata(text("image_id"), text("instance_type"), text("autoscaling_group"))
+    account = obj.get("account_id")
+    if not (isinstance(account, str) and len(account) == 12 and account.isdigit()):
+        account = None  # an AWS account id is 12 digits; anything else names no account
+    return VmMetadata(text("image_id"), text("instance_type"), text("autoscaling_group"), account)
 
 
 NO_METADATA = VmMetadata()

@@ -324,6 +324,10 @@ def make_client(
     timeout_s: float = 10.0,
     protocol: str = "auto",
     role_arn: str | None = None,
+    *,
+    external_id: str | None = None,
+    sts_endpoint: str | None = None,
+    profile: str | None = None,
 ) -> Any:
     """A CloudWatch client with botocore's retries off: the Publisher owns retrying.
 
@@ -337,19 +341,25 @@ def make_client(
     refreshed by botocore before they expire (its refreshable credentials: from 15 minutes
     before expiry, and always from 10). The STS request goes to `endpoint` too when it is set
     (a private cloud or a local test endpoint serves STS at the same address, as moto does),
-    else to the region's STS."""
+    else to the region's STS; `sts_endpoint` names another. `external_id` goes with the
+    AssumeRole request (a role that requires one). `profile`: a profile of the shared
+    credentials and config files signs instead of the default chain (and assumes `role_arn`
+    if both are given)."""
     import boto3
     import botocore.session
     from botocore.config import Config as BotoConfig
 
     core = botocore.session.get_session()
+    if profile:
+        core.set_config_variable("profile", profile)
     if protocol != "auto":
         core.set_config_variable(
             "data_path", str(Path(__file__).parent / "botocore_data" / protocol)
         )
     region = region or core.get_config_variable("region") or "us-east-1"
     if role_arn:
-        _assume_role(core, role_arn, region, endpoint, timeout_s)
+        sts = sts_endpoint or endpoint
+        _assume_role(core, role_arn, region, sts, timeout_s, external_id, profile)
     session = boto3.session.Session(botocore_session=core)
     return session.client(
         "cloudwatch",
@@ -368,7 +378,13 @@ def make_client(
 
 
 def _assume_role(
-    core: Any, role_arn: str, region: str, endpoint: str | None, timeout_s: float
+    core: Any,
+    role_arn: str,
+    region: str,
+    endpoint: str | None,
+    timeout_s: float,
+    external_id: str | None = None,
+    profile: str | None = None,
 ) -> None:
     """Put `role_arn`'s refreshable credentials first in the botocore session `core`'s
     credential chain, assumed with the default chain's credentials (botocore's
@@ -382,6 +398,8 @@ def _assume_role(
     )
 
     base = botocore.session.get_session()  # the default chain: env, files, instance role
+    if profile:
+        base.set_config_variable("profile", profile)
     source = base.get_credentials()
     if source is None:
         raise ValueError(f"no credentials to assume {role_arn} with")
@@ -395,9 +413,10 @@ def _assume_role(
             **credentials,
         )
 
-    fetcher = AssumeRoleCredentialFetcher(
-        sts_client, source, role_arn, extra_args={"RoleSessionName": ROLE_SESSION_NAME}
-    )
+    extra = {"RoleSessionName": ROLE_SESSION_NAME}
+    if external_id:
+        extra["ExternalId"] = external_id
+    fetcher = AssumeRoleCredentialFetcher(sts_client, source, role_arn, extra_args=extra)
 
     class AssumedRole(CredentialProvider):  # type: ignore[misc]
         METHOD = "assume-role"

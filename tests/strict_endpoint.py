@@ -332,6 +332,8 @@ class StrictEndpoint:
         self.upstream = urlsplit(upstream) if upstream else None
         self._bind_port = port
         self.forwarded = 0  # requests passed on to the upstream (PutMetricData or not)
+        # STS AssumeRole of these role ARNs is refused (403 AccessDenied): a role not there
+        self.denied_roles: set[str] = set()
         self.accepted: list[AcceptedDatum] = []
         self.refused: Counter[str] = Counter()
         self.refusals: list[Refusal] = []
@@ -860,6 +862,13 @@ class _Handler(BaseHTTPRequestHandler):
             if self.owner.upstream is not None and not self._is_put_metric_data(
                 protocol, target, wire, encoding
             ):
+                denied = self._denied_role(wire)
+                if denied:
+                    raise ApiError(  # STS's code; message reconstructed
+                        403,
+                        "AccessDenied",
+                        f"User is not authorized to perform: sts:AssumeRole on resource: {denied}",
+                    )
                 self._relay(self._forward(wire))
                 return
             failure = self.owner._next_failure()
@@ -914,6 +923,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(protocol, error)
 
     # -- in front of an upstream ---------------------------------------------------------------
+    def _denied_role(self, wire: bytes) -> str | None:
+        """The role of an STS AssumeRole request the test made unassumable (`deny_roles`)."""
+        if not self.owner.denied_roles or b"Action=AssumeRole" not in wire:
+            return None
+        fields = dict(parse_qsl(wire.decode("utf-8", "replace")))
+        role = fields.get("RoleArn")
+        return role if role in self.owner.denied_roles else None
+
     def _is_put_metric_data(
         self, protocol: Protocol, target: str | None, wire: bytes, encoding: str
     ) -> bool:

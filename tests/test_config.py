@@ -35,6 +35,7 @@ from hiveagent.config import (
     PLUGIN_MEASUREMENTS,
     SCHEMA,
     SERVED_PLUGINS,
+    AccountSettings,
     ConfigError,
     Limits,
     PublishSettings,
@@ -169,7 +170,7 @@ def test_defaults_are_declared_once_in_the_schema() -> None:
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
     jsonschema.Draft202012Validator(SCHEMA).validate(with_defaults({}))  # defaults are valid
     config = parse_config({})
-    settings = (config.limits, config.spool, config.publish, config.self_metrics)
+    settings = (config.limits, config.spool, config.publish, config.accounts, config.self_metrics)
     keyed = set()
     for obj in (config, *settings, config.status_server):
         for f in fields(obj):
@@ -186,9 +187,16 @@ def test_defaults_are_declared_once_in_the_schema() -> None:
             assert getattr(obj, f.name) == expected, path
             # Config's fields have no default of their own; a settings class's is the schema's
             assert f.default == (MISSING if obj is config else expected), path
-    assert (Limits(), PublishSettings(), SelfMetricsSettings(), StatusServerSettings()) == (
+    assert (
+        Limits(),
+        PublishSettings(),
+        AccountSettings(),
+        SelfMetricsSettings(),
+        StatusServerSettings(),
+    ) == (
         config.limits,
         config.publish,
+        config.accounts,
         config.self_metrics,
         config.status_server,
     )

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hiveagent.accounts import client_settings
 from hiveagent.config import parse_config
-from hiveagent.daemon import client_settings
 from hiveagent.wire import make_client
 
 ROLE = "arn:aws:iam::123456789012:role/hiveagent-publisher"
@@ -36,7 +36,9 @@ def test_metrics_role_overrides_the_agents() -> None:
     """The CloudWatch Agent's rule: metrics.credentials.role_arn, else agent.credentials'."""
 
     def role(data: dict[str, Any]) -> Any:
-        return client_settings(parse_config(data))[-1]
+        settings = client_settings(parse_config(data))
+        assert settings is not None
+        return settings[4]  # (region, endpoint, timeout, protocol, role, ...)
 
     agent_role = "arn:aws:iam::111111111111:role/agent"
     both = {"agent": {"credentials": {"role_arn": agent_role}},
