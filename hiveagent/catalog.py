@@ -618,6 +618,26 @@ CATALOG: dict[str, MetricSpec] = {
             "Guest agent calls of this VM that hit their deadline in the period (only when > 0).",
             _EC2,
         ),
+        _self(
+            "AccountDatumsSent",
+            "Count",
+            "Datums a tenant account's endpoint accepted in the period, signed with its "
+            "credentials (routing by account; only when > 0).",
+            ("Account",),
+        ),
+        _self(
+            "AccountDatumsDropped",
+            "Count",
+            "A tenant account's datums given up in the period, by reason (only when > 0).",
+            ("Account", "Reason"),
+        ),
+        _self(
+            "AccountPendingDatums",
+            "Count",
+            "A tenant account's datums waiting in its spool (held, or its endpoint down).",
+            ("Account",),
+            kind="gauge",
+        ),
     )
 }
 

@@ -29,7 +29,13 @@ from hiveagent.accounts import DEFAULT, Tenant, client_for, client_settings
 from hiveagent.config import Config, ConfigError, load_config
 from hiveagent.ledger import DropLedger
 from hiveagent.model import VmSpec
-from hiveagent.observe import Observation, SelfMetrics, observe, prometheus_text
+from hiveagent.observe import (
+    Observation,
+    SelfMetrics,
+    observe,
+    observe_accounts,
+    prometheus_text,
+)
 from hiveagent.pipeline import Pipeline
 from hiveagent.publisher import Publisher
 from hiveagent.scheduler import Scheduler, interval_warnings, settle_memory
@@ -155,7 +161,10 @@ class Daemon:
         return prometheus_text(self._observe())
 
     def _observe(self) -> list[Observation]:
-        return observe(self.scheduler, self.pipeline, self.publisher)
+        return [
+            *observe(self.scheduler, self.pipeline, self.publisher),
+            *observe_accounts(self.tenants.values()),
+        ]
 
     # -- running ----------------------------------------------------------------------------
 

@@ -15,6 +15,9 @@ from hiveagent.config import Config
 from hiveagent.model import Datum
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from hiveagent.accounts import Tenant
     from hiveagent.pipeline import Pipeline
     from hiveagent.publisher import Publisher
     from hiveagent.scheduler import Scheduler
@@ -65,6 +68,24 @@ def observe(
         labels = (("InstanceId", instance_id),)
         out.append(counter("QmpTimeouts", state.errors["qmp_timeout"], labels))
         out.append(counter("QgaTimeouts", state.errors["qga_timeout"], labels))
+    return out
+
+
+def observe_accounts(tenants: Iterable[Tenant]) -> list[Observation]:
+    """Per tenant account (routing by account): sent, dropped by reason, waiting."""
+    out = []
+    for t in sorted(tenants, key=lambda t: t.account):
+        account = (("Account", t.account),)
+        stats = t.publisher.stats if t.publisher is not None else t.spool.ledger.stats()
+        out.append(Observation("AccountDatumsSent", float(stats.get("datums_sent", 0)),
+                               "counter", account))  # fmt: skip
+        for key, value in sorted(stats.items()):
+            if key.startswith("dropped."):
+                labels = (*account, ("Reason", key.removeprefix("dropped.")))
+                out.append(Observation("AccountDatumsDropped", float(value), "counter", labels))
+        out.append(
+            Observation("AccountPendingDatums", float(t.spool.pending_datums), "gauge", account)
+        )
     return out
 
 

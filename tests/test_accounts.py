@@ -110,8 +110,20 @@ def test_each_account_gets_its_own_vms_and_a_broken_one_holds_back_only_itself(
         assert instances_in(url, account) == {vm.instance_id}, account
     assert instances_in(url, None) == set()  # the agent's own account holds no tenant's VM
     assert vms["none"].instance_id not in set().union(*(instances_in(url, a) for a in ACCOUNTS))
-    upgraded = make_client("us-east-1", url, 10.0).list_metrics(Namespace="Upgrade")["Metrics"]
+    own = make_client("us-east-1", url, 10.0)
+    upgraded = own.list_metrics(Namespace="Upgrade")["Metrics"]
     assert [m["MetricName"] for m in upgraded] == ["Old"]
+    # Per-account self-metrics, in the agent's own account.
+    per_account = {
+        (m["MetricName"], tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"])))
+        for page in own.get_paginator("list_metrics").paginate(Namespace="HiveAgent")
+        for m in page["Metrics"]
+        if m["MetricName"].startswith("Account")
+    }
+    for account in ACCOUNTS[:2]:  # the third sent after the last self-metrics, maybe
+        assert ("AccountDatumsSent", (("Account", account),)) in per_account
+    for account in (*ACCOUNTS, "unassigned"):
+        assert ("AccountPendingDatums", (("Account", account),)) in per_account
 
     # No credentials in the log, /status or the spool: neither the agent's own nor the
     # temporary ones it was given per account (the endpoint saw their access key ids).
