@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -204,9 +205,12 @@ def test_a_tenth_hung_does_not_hold_the_cycle(tmp_path: Path) -> None:
             },
         })  # fmt: skip
         agent = Collection(config)
+        primed: dict[str, Counter[str]] = {}
 
         async def run() -> tuple[list[Datum], float, list[Datum]]:
             await agent.cycle()  # connects, primes, learns guest-info
+            # (a loaded machine may time a call out in this cycle already: counted apart)
+            primed.update({i: Counter(state.errors) for i, state in agent.vms.items()})
             qemus, gas = procs[0::2], procs[1::2]
             for p in qemus[:hung] + gas[hung : 2 * hung]:  # 4 QEMUs, 4 other VMs' agents
                 p.send_signal(signal.SIGSTOP)
@@ -242,10 +246,10 @@ def test_a_tenth_hung_does_not_hold_the_cycle(tmp_path: Path) -> None:
             "StatusCheckFailed_System",
             "StatusCheckFailed_Instance",
         }
-        assert agent.vms[i].errors["qmp_timeout"] == 2
+        assert agent.vms[i].errors["qmp_timeout"] - primed[i]["qmp_timeout"] == 2
     for i in hung_qga:
         assert "CPUUtilization" in by_vm[i] and "disk_used" not in by_vm[i]
-        assert agent.vms[i].errors["qga_timeout"] == 2
+        assert agent.vms[i].errors["qga_timeout"] - primed[i]["qga_timeout"] == 2
     for i in healthy:
         assert {"CPUUtilization", "EBSReadOps", "StatusCheckFailed", "disk_used"} <= by_vm[i]
     values, second = ({

@@ -89,7 +89,10 @@ def test_notify_reload_and_journal(one_vm: Harness, tmp_path: Path) -> None:
     assert agent.process is not None
     agent.process.send_signal(signal.SIGHUP)
     wait_for(lambda: "reload failed" in agent.log.read_text(), 10, "the reload error")
-    assert "$.agent: unknown key 'metrics_collection_intervall'" in agent.log.read_text()
+    assert (
+        "$.agent.metrics_collection_intervall: unknown key; "
+        "did you mean 'metrics_collection_interval'?"
+    ) in agent.log.read_text()
     wait_for(lambda: agent.status()["cycles"] >= cycles + 2, 10, "cycles after a bad reload")
     assert agent.status()["reloads"] == 0
     assert notify.saw("RELOADING=1")
