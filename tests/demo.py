@@ -124,11 +124,11 @@ def report(url: str, vms: list, peak_rss: int, cpu: object) -> int:  # type: ign
         sorted(metrics, key=lambda m: (m["Namespace"], str(m["Dimensions"]), m["MetricName"]))
     ):
         spec = CATALOG[m["MetricName"]]
+        # An amount per period adds up over the minutes; a level does not (the catalog's kind).
         stat = (
             "Sum"
-            if spec.unit in ("Bytes", "Count", "Seconds")
-            and "Queue" not in spec.name
-            and not spec.name.startswith(("StatusCheck", "disk_"))
+            if spec.kind == "total"
+            and not spec.name.startswith(("StatusCheck", "disk_", "mem_", "cpu_time_"))
             else "Maximum"
         )
         queries.append(
