@@ -279,7 +279,19 @@ class Daemon:
                 self.stop.wait(), seconds_to_next_tick(time.time(), self.config.interval_s)
             )
         while not self.stop.is_set():
-            routed = self.pipeline.finish_routed(await self.scheduler.collect(), self._route)
+            # No request starts while a cycle collects: a backlog drained meanwhile (and the
+            # endpoint's own work, when it shares the host) would slow the cycle down.
+            held = [self.publisher] + [
+                t.publisher for t in self.tenants.values() if t.publisher is not None
+            ]
+            for publisher in held:
+                publisher.hold()
+            try:
+                collected = await self.scheduler.collect()
+            finally:
+                for publisher in held:
+                    publisher.release()
+            routed = self.pipeline.finish_routed(collected, self._route)
             datums = routed.pop(DEFAULT, [])
             for account, tenant_datums in routed.items():
                 tenant = self._tenant(account)

@@ -15,6 +15,11 @@ their records done only when the endpoint accepted them.
 
 Every datum that is not delivered is counted by reason in the DropLedger the spool shares
 (`dropped.<reason>` in `stats`) and logged.
+
+A request's body is made by hiveagent.encoding (a fresh record's datums are already JSON
+fragments, made when the spool checked them) and signed, compressed and sent by botocore
+(`wire.Wire`). While a collection cycle runs, the daemon holds the publisher (`hold`,
+`release`): no request starts, so draining a backlog never slows a cycle down.
 """
 
 from __future__ import annotations
@@ -30,9 +35,17 @@ from types import MappingProxyType
 from typing import Any
 
 from hiveagent.config import PublishSettings
+from hiveagent.encoding import WireDatums, datum_from_fragment
 from hiveagent.model import Datum
 from hiveagent.spool import Request, Spool
-from hiveagent.wire import datum_label, to_metric_datum
+from hiveagent.wire import BodyNotPutIn, Wire, datum_label
+
+Item = Datum | str  # a datum, or its JSON fragment (hiveagent.encoding)
+
+
+def _label(namespace: str, item: Item) -> str:
+    return datum_label(datum_from_fragment(namespace, item) if isinstance(item, str) else item)
+
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +148,9 @@ class Publisher:
         *,
         rng: random.Random | None = None,
     ) -> None:
-        self.client = client
+        self._wire: Wire | None = None
         self.spool = spool
+        self.client = client
         self.settings = settings or PublishSettings()
         self.ledger = spool.ledger  # the spool's drops and ours, in one place
         self.breaker = CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_open_s)
@@ -150,6 +164,27 @@ class Publisher:
         # single values for the rest of the run (`shape_fallback`); a pinned shape is kept.
         self.datum_shape = "auto"
         self.shape_fallback = False
+        self.holds = 0  # `hold` calls not yet released: no new request starts
+        self._waiters: list[asyncio.Future[None]] = []  # flushes waiting for the release
+
+    @property
+    def client(self) -> Any:
+        """The botocore CloudWatch client (replaced on a reload that changes the endpoint)."""
+        return self._client
+
+    @client.setter
+    def client(self, client: Any) -> None:
+        self._client = client
+        self._wire = None
+        # the spool keeps fresh datums as JSON fragments only for a client that sends JSON
+        self.spool.json_fragments = self.wire.takes_fragments
+
+    @property
+    def wire(self) -> Wire:
+        """How requests are encoded and sent through the client (hiveagent.wire.Wire)."""
+        if self._wire is None:
+            self._wire = Wire(self._client)
+        return self._wire
 
     @property
     def stats(self) -> Mapping[str, int]:
@@ -166,6 +201,8 @@ class Publisher:
         """Send pending records until none are left, the breaker is open, or the monotonic
         `deadline` passes. True when nothing is pending afterwards."""
         while self.spool.pending:
+            if self.holds and not await self._released(deadline):
+                return False
             if not self.breaker.allow():
                 return False
             if deadline is not None and time.monotonic() >= deadline:
@@ -199,6 +236,32 @@ class Publisher:
             await asyncio.sleep(delay)
         return True
 
+    def hold(self) -> None:
+        """Start no request until `release` (a collection cycle is running: a backlog drained
+        meanwhile would take the CPU and the event loop from it). A request in flight goes on.
+        Holds nest."""
+        self.holds += 1
+
+    def release(self) -> None:
+        self.holds = max(0, self.holds - 1)
+        if not self.holds:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _released(self, deadline: float | None) -> bool:
+        """Wait out the holds; False when the monotonic `deadline` passes first."""
+        while self.holds:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(waiter, timeout)
+            except TimeoutError:
+                return False
+        return True
+
     @property
     def shape(self) -> str:
         """The shape basic-monitoring datums are sent in now."""
@@ -208,12 +271,16 @@ class Publisher:
 
     async def _deliver(self, group: Request) -> bool:
         """Send a group of records as one request. False: retry later (nothing lost)."""
-        datums = [d for _, ds in group for d in ds]
-        outcome, detail = await self._put(datums)
+        namespace = group[0][0].namespace
+        fragments = self.wire.takes_fragments
+        datums: list[Item] = []
+        for _, ds in group:  # a fresh record's JSON fragments as they are, when JSON is sent
+            datums.extend(ds.fragments if fragments and isinstance(ds, WireDatums) else ds)
+        outcome, detail = await self._put(namespace, datums)
         if outcome is Outcome.INVALID and self._may_fall_back(datums):
             # Some endpoints (Spinifex's) accept only single values: resend the request so;
             # if that is taken, keep to single values for the rest of the run.
-            outcome, retried = await self._put(datums, "single_values")
+            outcome, retried = await self._put(namespace, datums, "single_values")
             if outcome is Outcome.SENT:
                 self._fell_back(detail)
             else:
@@ -227,14 +294,16 @@ class Publisher:
                 if not await self._deliver([item]):
                     return False
             return True
-        elif not await self._isolate(datums, detail, group[0][0].replayed):
+        elif not await self._isolate(namespace, datums, detail, group[0][0].replayed):
             return False
         for record, _ in group:
             self.spool.done(record)
         self.spool.commit()
         return True
 
-    async def _isolate(self, datums: Sequence[Datum], detail: str, replayed: bool = False) -> bool:
+    async def _isolate(
+        self, namespace: str, datums: Sequence[Item], detail: str, replayed: bool = False
+    ) -> bool:
         """The endpoint rejected `datums`: find the offending ones by halving, drop only those.
         `replayed`: they were read back from the spool at start, so they may have reached the
         endpoint before the restart; one that is refused now is counted as `resent_refused`
@@ -242,7 +311,7 @@ class Publisher:
         not as rejected."""
         if len(datums) == 1:
             if self._may_fall_back(datums):  # refused as a statistic set: try its single value
-                outcome, why = await self._put(datums, "single_values")
+                outcome, why = await self._put(namespace, datums, "single_values")
                 if outcome is Outcome.RETRY:
                     return False
                 if outcome is Outcome.SENT:
@@ -256,20 +325,21 @@ class Publisher:
                 log.warning(
                     "resent after a restart and refused, most likely because the endpoint has it "
                     "from before the restart (it was in flight then): %s: %s",
-                    datum_label(datums[0]),
+                    _label(namespace, datums[0]),
                     detail,
                 )
                 return True
-            self.ledger.drop(1, f"rejected.{code}", f"{datum_label(datums[0])}: {detail}")
+            label = _label(namespace, datums[0])
+            self.ledger.drop(1, f"rejected.{code}", f"{label}: {detail}")
             return True
         mid = len(datums) // 2
         for half in (datums[:mid], datums[mid:]):
-            outcome, why = await self._put(half)
+            outcome, why = await self._put(namespace, half)
             if outcome is Outcome.RETRY:
                 return False
             if outcome is Outcome.SENT:
                 self.counts["datums_sent"] += len(half)
-            elif not await self._isolate(half, why, replayed):
+            elif not await self._isolate(namespace, half, why, replayed):
                 return False
         return True
 
@@ -282,19 +352,22 @@ class Publisher:
             detail,
         )
 
-    def _may_fall_back(self, datums: Sequence[Datum]) -> bool:
+    def _may_fall_back(self, datums: Sequence[Item]) -> bool:
         return (
             self.datum_shape == "auto"
             and not self.shape_fallback
-            and any(d.samples for d in datums)
+            and any(not isinstance(d, str) and d.samples for d in datums)
         )
 
-    async def _put(self, datums: Sequence[Datum], shape: str | None = None) -> tuple[Outcome, str]:
+    async def _put(
+        self, namespace: str, datums: Sequence[Item], shape: str | None = None
+    ) -> tuple[Outcome, str]:
         from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
         shape = shape or self.shape
+        wire = self.wire
         try:
-            metric_data = [to_metric_datum(d, shape) for d in datums]
+            prepared = wire.prepare(namespace, datums, shape)
         except (ValueError, OverflowError, OSError) as exc:
             # A datum the wire cannot carry (a NaN timestamp, say, in a spool an older version
             # wrote): isolated and dropped like one the endpoint refuses, not raised out of
@@ -303,11 +376,13 @@ class Publisher:
         self.counts["api_calls"] += 1
         self.in_flight += 1
         try:
-            await asyncio.to_thread(
-                self.client.put_metric_data,
-                Namespace=datums[0].namespace,
-                MetricData=metric_data,
-            )
+            await asyncio.to_thread(wire.send, namespace, prepared)
+        except BodyNotPutIn as exc:  # (a botocore that no longer runs the hook: nothing sent)
+            log.error("%s; botocore serialises the requests from now on", exc)
+            self.counts["api_calls"] -= 1
+            wire.encoder = None
+            self.spool.json_fragments = False
+            return await self._put(namespace, datums, shape)
         except ParamValidationError as exc:  # botocore's own checks: the datum is at fault
             self.counts["api_errors"] += 1
             return Outcome.INVALID, f"ParamValidation: {exc}"

@@ -14,10 +14,19 @@ Layout under the spool directory:
   again (and such records come back marked `replayed`, for the publisher to tell a refused
   duplicate apart from a bad datum).
 
-A record is a 12-byte header `"HR" count:u16 length:u32 crc32:u32` (little endian) and `length`
-bytes of msgpack: `[namespace, [[name, [k, v, k, v, ...], value, unit, timestamp, resolution],
-...]]`. The count in the header lets a record whose payload is torn or corrupt be counted as
-that many dropped datums.
+A record is a 12-byte header `magic:2 count:u16 length:u32 crc32:u32` (little endian) and
+`length` bytes of msgpack, in one of two kinds:
+
+- `"HW"`, shaped for delivery (what `add` writes when none of the datums has samples and the
+  publisher speaks JSON): `[namespace, deflate(fragments joined by "\n"), [timestamp, ...],
+  [wire size, ...]]`, the fragments being the datums' JSON objects as a PutMetricData body
+  has them (hiveagent.encoding), so a record read back is sent without decoding it;
+- `"HR"`, the datums as they are (every version wrote these; `append`, basic-monitoring
+  datums with samples, and awsQuery publishers still do): `[namespace, [[name, [k, v, k, v,
+  ...], value, unit, timestamp, resolution(, [sample, ...])], ...]]`.
+
+The count in the header lets a record whose payload is torn or corrupt be counted as that many
+dropped datums.
 
 Records may be marked done out of order (one request per namespace); the cursor only moves over
 the done prefix, and the `done` marks cover the rest, so a crash resends at most the request
@@ -41,6 +50,7 @@ import io
 import itertools
 import json
 import logging
+import operator
 import os
 import struct
 import time
@@ -53,14 +63,18 @@ from typing import IO, Any
 
 import msgpack
 
+from hiveagent.encoding import BodyEncoder, WireDatums, deflate
 from hiveagent.ledger import DropLedger
 from hiveagent.model import Datum
 from hiveagent.wire import (
     AWS_RULES,
+    MAX_ABS_VALUE,
     MAX_AGE_S,
     MAX_DATUMS_PER_REQUEST,
+    MAX_FUTURE_S,
     MAX_REQUEST_BYTES,
     REQUEST_OVERHEAD_BYTES,
+    UNITS_JSON,
     Rules,
     checked,
     datum_label,
@@ -70,7 +84,8 @@ from hiveagent.wire import (
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("<2sHII")
-MAGIC = b"HR"
+MAGIC = b"HR"  # the datums as they are
+MAGIC_WIRE = b"HW"  # their JSON fragments (hiveagent.encoding.WireDatums)
 MAX_RECORD_DATUMS = 0xFFFF
 MAX_RECORD_BYTES = 8 << 20
 HOT_CACHE_DATUMS = 50_000  # datums of freshly written records kept in memory, not re-read
@@ -100,12 +115,15 @@ class Record:
     offset: int = 0
     length: int = 0  # header + payload bytes
     wire_bytes: int = 0  # its datums' datum_wire_size, summed once (at append or open)
-    datums: Sequence[Datum] | None = None  # kept for memory-only records
+    # kept for memory-only records, and for fresh ones (HOT_CACHE_DATUMS): made by `add`, as
+    # WireDatums (their JSON fragments) when none of them has samples
+    datums: Sequence[Datum] | None = None
     too_old_counted: int = 0  # datums of it already counted as dropped too_old
     replayed: bool = False  # read back at open: it may have reached the endpoint before
 
 
-Request = list[tuple[Record, list[Datum]]]  # one namespace's records, with the datums to send
+# one namespace's records, with the datums to send (WireDatums: their JSON fragments)
+Request = list[tuple[Record, Sequence[Datum]]]
 
 
 def batches(datums: Iterable[Datum]) -> Iterator[tuple[list[Datum], int]]:
@@ -132,38 +150,83 @@ def sized_batches(items: Iterable[tuple[Datum, int]]) -> Iterator[tuple[list[Dat
         yield batch, size - REQUEST_OVERHEAD_BYTES
 
 
+_TIMESTAMP = operator.attrgetter("timestamp")
+_UNSEEN = "?"  # a namespace without a verdict in Rules.namespaces
+# one namespace's datums of a cycle: the datums, their wire sizes, JSON fragments (or None),
+# timestamps
+_Group = tuple[list[Datum], list[int], list[str | None] | None, list[float]]
+_new_datum = tuple.__new__  # a Datum from its eight fields, without the keyword handling
+_flatten = itertools.chain.from_iterable
+
+
 def encode_payload(namespace: str, datums: Sequence[Datum]) -> bytes:
-    rows = [
-        [
-            d.name,
-            [x for kv in d.dimensions for x in kv],
-            d.value,
-            d.unit,
-            d.timestamp,
-            d.storage_resolution,
-            *([list(d.samples)] if d.samples else []),
-        ]
-        for d in datums
-    ]
+    rows: list[list[Any]] = []
+    append = rows.append
+    for _, name, dims, value, unit, ts, res, samples in datums:
+        if samples:
+            append([name, list(_flatten(dims)), value, unit, ts, res, list(samples)])
+        else:
+            append([name, list(_flatten(dims)), value, unit, ts, res])
     return msgpack.packb([namespace, rows], use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def decode_payload(payload: bytes) -> tuple[str, list[Datum]]:
     """Inverse of encode_payload. Raises ValueError on anything malformed."""
     try:
-        namespace, rows = msgpack.unpackb(payload, raw=False, strict_map_key=True)
-        datums = []
-        for name, flat, value, unit, ts, res, *rest in rows:
-            dims = tuple(zip(flat[0::2], flat[1::2], strict=True))
-            samples = tuple(float(v) for v in rest[0]) if rest else ()
-            datums.append(
-                Datum(namespace, name, dims, float(value), unit, float(ts), int(res), samples)
+        namespace, rows = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=False)
+        datums: list[Datum] = []
+        append = datums.append
+        dims_of: dict[Any, Any] = {}  # a record's datums share a few dimension sets
+        for row in rows:
+            if len(row) == 6:
+                name, flat, value, unit, ts, res = row
+                samples: tuple[float, ...] = ()
+            else:
+                name, flat, value, unit, ts, res, *rest = row
+                samples = tuple(map(float, rest[0])) if rest else ()
+            dims = dims_of.get(flat)
+            if dims is None:
+                dims = dims_of[flat] = tuple(zip(flat[0::2], flat[1::2], strict=True))
+            append(
+                _new_datum(
+                    Datum, (namespace, name, dims, float(value), unit, float(ts), int(res), samples)
+                )
             )
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ValueError(f"undecodable record: {exc}") from None
     if not isinstance(namespace, str):
         raise ValueError("undecodable record: namespace is not a string")
     return namespace, datums
+
+
+def _ranges(sizes: list[int]) -> Iterator[tuple[int, int, int]]:
+    """`sized_batches` of one namespace's datums, given their sizes, as (start, end, wire
+    bytes): the same batches, a run of 1000 that fits taken whole."""
+    start, n = 0, len(sizes)
+    while start < n:
+        end = min(n, start + MAX_DATUMS_PER_REQUEST)
+        total = sum(itertools.islice(sizes, start, end))
+        if REQUEST_OVERHEAD_BYTES + total > MAX_REQUEST_BYTES:  # the greedy fill, as there
+            end, total = start + 1, sizes[start]
+            while end < n and end - start < MAX_DATUMS_PER_REQUEST:
+                if REQUEST_OVERHEAD_BYTES + total + sizes[end] > MAX_REQUEST_BYTES:
+                    break
+                total += sizes[end]
+                end += 1
+        yield start, end, total
+        start = end
+
+
+def _oldest(datums: Sequence[Datum]) -> float:
+    if isinstance(datums, WireDatums):
+        return min(datums.timestamps)
+    return float(min(map(_TIMESTAMP, datums)))
+
+
+def _wire_bytes(datums: Sequence[Datum]) -> int:
+    if isinstance(datums, WireDatums):
+        return sum(datums.sizes)
+    return sum(map(datum_wire_size, datums))
 
 
 def encode_record(namespace: str, datums: Sequence[Datum]) -> bytes:
@@ -173,15 +236,48 @@ def encode_record(namespace: str, datums: Sequence[Datum]) -> bytes:
     return HEADER.pack(MAGIC, len(datums), len(payload), zlib.crc32(payload)) + payload
 
 
-def read_records(data: bytes, start: int = 0) -> Iterator[tuple[int, int, str, list[Datum]]]:
-    """(offset, length, namespace, datums) of each record in a segment's bytes from `start`.
-    Stops with SpoolCorrupt at the first torn or corrupt record."""
+def encode_wire_record(datums: WireDatums) -> bytes:
+    """An "HW" record of datums kept as their JSON fragments."""
+    if not 0 < len(datums) <= MAX_RECORD_DATUMS:
+        raise ValueError(f"a record holds 1..{MAX_RECORD_DATUMS} datums, not {len(datums)}")
+    text = "\n".join(datums.fragments).encode()  # JSON escapes every newline in a string
+    payload: bytes = msgpack.packb(
+        [datums.namespace, deflate.compress(text, 1), datums.timestamps, datums.sizes],
+        use_bin_type=True,
+    )
+    header: bytes = HEADER.pack(MAGIC_WIRE, len(datums), len(payload), zlib.crc32(payload))
+    return header + payload
+
+
+def decode_wire_payload(payload: bytes) -> tuple[str, WireDatums]:
+    """Inverse of the payload of encode_wire_record. Raises ValueError on anything malformed."""
+    try:
+        namespace, blob, timestamps, sizes = msgpack.unpackb(payload, raw=False)
+        fragments = deflate.decompress(blob).decode("ascii").split("\n")
+    except (ValueError, TypeError, zlib.error, deflate.error, msgpack.UnpackException) as exc:
+        raise ValueError(f"undecodable record: {exc}") from None
+    if not (
+        isinstance(namespace, str)
+        and isinstance(timestamps, list)
+        and isinstance(sizes, list)
+        and len(fragments) == len(timestamps) == len(sizes)
+        and all(isinstance(t, float | int) for t in timestamps)
+        and all(isinstance(s, int) for s in sizes)
+    ):
+        raise ValueError("undecodable record: not a namespace and fragments, times and sizes")
+    return namespace, WireDatums(namespace, fragments, timestamps, sizes)
+
+
+def read_records(data: bytes, start: int = 0) -> Iterator[tuple[int, int, str, Sequence[Datum]]]:
+    """(offset, length, namespace, datums) of each record in a segment's bytes from `start`
+    (the datums of an "HW" record as WireDatums). Stops with SpoolCorrupt at the first torn or
+    corrupt record."""
     pos = start
     while pos < len(data):
         if len(data) - pos < HEADER.size:
             raise SpoolCorrupt(f"torn header at offset {pos}", 0)
         magic, count, length, crc = HEADER.unpack_from(data, pos)
-        if magic != MAGIC or length > MAX_RECORD_BYTES:
+        if magic not in (MAGIC, MAGIC_WIRE) or length > MAX_RECORD_BYTES:
             raise SpoolCorrupt(f"bad record header at offset {pos}", 0)
         payload = data[pos + HEADER.size : pos + HEADER.size + length]
         if len(payload) < length:
@@ -189,7 +285,10 @@ def read_records(data: bytes, start: int = 0) -> Iterator[tuple[int, int, str, l
         if zlib.crc32(payload) != crc:
             raise SpoolCorrupt(f"checksum mismatch at offset {pos} ({count} datums)", count)
         try:
-            namespace, datums = decode_payload(payload)
+            if magic == MAGIC_WIRE:
+                namespace, datums = decode_wire_payload(payload)
+            else:
+                namespace, datums = decode_payload(payload)  # type: ignore[assignment]
         except ValueError as exc:
             raise SpoolCorrupt(f"{exc} at offset {pos}", count) from None
         yield pos, HEADER.size + length, namespace, datums
@@ -218,6 +317,10 @@ class Spool:
         self.ledger = ledger or DropLedger()
         self.audit = audit  # every datum added is written here as a JSON line
         self.rules = rules  # what the endpoint takes (metrics.datum_shape, Spinifex or not)
+        # `add` keeps fresh records as their JSON fragments (what the publisher sends, when it
+        # speaks JSON: it says so here)
+        self.json_fragments = True
+        self.encoder = BodyEncoder("json")
         self.pending: OrderedDict[int, Record] = OrderedDict()
         self.segment_sizes: dict[int, int] = {}  # segment number -> bytes on disk
         self.next_seq = 0
@@ -273,11 +376,11 @@ class Spool:
                             self._take_seq(),
                             namespace,
                             len(datums),
-                            min(d.timestamp for d in datums),
+                            _oldest(datums),
                             seg,
                             offset,
                             length,
-                            wire_bytes=sum(map(datum_wire_size, datums)),
+                            wire_bytes=_wire_bytes(datums),
                             replayed=True,
                         )
                     )
@@ -328,34 +431,94 @@ class Spool:
     # -- appending ----------------------------------------------------------------------------
 
     def add(self, datums: Iterable[Datum]) -> list[Record]:
-        """Spool a cycle's datums: grouped by namespace into records that each fit one request,
-        written with one fsync (kept in memory if the disk fails), then audited. Blocking I/O."""
-        ordered = sorted(self._sendable(datums), key=lambda item: item[0].namespace)
-        groups = list(sized_batches(ordered))
-        if not groups:
+        """Spool a cycle's datums: grouped by namespace (in namespace order, each in the order
+        given) into records that each fit one request, written with one fsync (kept in memory
+        if the disk fails), then audited. Blocking I/O."""
+        batches: list[tuple[str, Sequence[Datum], int, Sequence[Datum] | None]] = []
+        for namespace, (group, sizes, fragments, stamps) in sorted(self._sendable(datums).items()):
+            whole = fragments is not None and None not in fragments
+            for start, end, size in _ranges(sizes):
+                hot: Sequence[Datum] | None = None
+                if whole or (fragments is not None and None not in fragments[start:end]):
+                    assert fragments is not None
+                    hot = WireDatums(
+                        namespace,
+                        fragments[start:end],  # type: ignore[arg-type]
+                        stamps[start:end],
+                        sizes[start:end],
+                    )
+                batches.append((namespace, group[start:end], size, hot))
+        if not batches:
             return []
-        records = self._append([(b[0].namespace, b, size) for b, size in groups])
+        records = self._append(batches)
         self.datums_spooled += sum(r.count for r in records)
         if self.audit is not None:
-            for group, _size in groups:
-                for d in group:
+            for _namespace, written, _size, _hot in batches:
+                for d in written:
                     self.audit.write(json.dumps(d.as_json()) + "\n")
             self.audit.flush()
         return records
 
-    def _sendable(self, datums: Iterable[Datum]) -> list[tuple[Datum, int]]:
-        """The datums the endpoint would take (`self.rules`), with their wire sizes; the others
-        are dropped here, counted by reason (`invalid.<why>`), instead of failing a request
-        later."""
+    def _sendable(self, datums: Iterable[Datum]) -> dict[str, _Group]:
+        """The datums the endpoint would take (`self.rules`) by namespace, with their wire
+        sizes, JSON fragments (None for one with samples; no list when `json_fragments` is off)
+        and timestamps; the others are dropped here, counted by reason (`invalid.<why>`),
+        instead of failing a request later.
+
+        A datum whose namespace, metric name and dimension set were found good before
+        (`Rules`) has the rest checked here, and its fragment made of their remembered JSON."""
         now = time.time()
         rules = self.rules
-        out = []
+        namespaces, names, sets = rules.namespaces, rules.metric_names, rules.dimension_sets
+        encoder = self.encoder if self.json_fragments else None
+        stamps = self.encoder.stamps
+        latest = now + MAX_FUTURE_S
+        out: dict[str, _Group] = {}
         for d in datums:
-            why, size = checked(d, now, rules)
-            if why is None:
-                out.append((d, size))
+            ns, name, dims, value, unit, ts, res, samples = d
+            name_hit = names.get(name)
+            dims_hit = sets.get(dims)
+            if (
+                name_hit is None
+                or dims_hit is None
+                or samples
+                or namespaces.get(ns, _UNSEEN) is not None
+                or res.__class__ is not int
+                or (res != 60 and res != 1)
+                or unit not in UNITS_JSON
+                or not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE
+                or not ts <= latest
+            ):  # the whole check: something new, samples, or something to refuse
+                why, size = checked(d, now, rules)
+                if why is not None:
+                    self.ledger.drop(1, f"invalid.{why}", datum_label(d))
+                    continue
+                fragment = None if encoder is None else encoder.fragment(d)
             else:
-                self.ledger.drop(1, f"invalid.{why}", datum_label(d))
+                size = name_hit[0] + dims_hit[0]
+                fragment = None
+                if encoder is not None:
+                    stamp = stamps.get(ts)
+                    if stamp is None:
+                        try:
+                            stamp = encoder.json_stamp(ts)
+                        except (ValueError, OverflowError, OSError):
+                            stamp = None  # too old to send anyway (dropped where it is sent)
+                    if stamp is not None:
+                        number = repr(value)  # finite: it ends in a digit
+                        fragment = (
+                            f'{{"MetricName": {name_hit[1]}, "Dimensions": {dims_hit[1]}, '
+                            f'"Unit": {UNITS_JSON[unit]}, "StorageResolution": {res}, '
+                            f'"Timestamp": {stamp}, "Value": {number}}}'
+                        )
+            group = out.get(ns)
+            if group is None:
+                group = out[ns] = ([], [], [] if encoder is not None else None, [])
+            group[0].append(d)
+            group[1].append(size)
+            group[3].append(ts)
+            if group[2] is not None:
+                group[2].append(fragment)
         return out
 
     def append(self, namespace: str, datums: Sequence[Datum]) -> Record:
@@ -364,26 +527,32 @@ class Spool:
 
     def append_many(self, batches: Sequence[tuple[str, Sequence[Datum]]]) -> list[Record]:
         """Write batches (one record each, as they are) with one fsync. Blocking I/O."""
-        return self._append([(ns, ds, sum(map(datum_wire_size, ds))) for ns, ds in batches])
+        return self._append([(ns, ds, sum(map(datum_wire_size, ds)), None) for ns, ds in batches])
 
-    def _append(self, batches: Sequence[tuple[str, Sequence[Datum], int]]) -> list[Record]:
-        """Write (namespace, datums, wire bytes) batches with one fsync for all of them; on a
-        disk error, keep in memory what could not be written."""
+    def _append(
+        self, batches: Sequence[tuple[str, Sequence[Datum], int, Sequence[Datum] | None]]
+    ) -> list[Record]:
+        """Write (namespace, datums, wire bytes, the datums as kept in memory or None)
+        batches with one fsync for all of them; on a disk error, keep in memory what could not
+        be written."""
         records = []
         encoded = []
-        for namespace, datums, wire_bytes in batches:
+        for namespace, datums, wire_bytes, hot in batches:
             records.append(
                 Record(
                     self._take_seq(),
                     namespace,
                     len(datums),
-                    min(d.timestamp for d in datums),
+                    min(map(_TIMESTAMP, datums)),
                     None,
-                    datums=list(datums),
+                    datums=list(datums) if hot is None else hot,
                     wire_bytes=wire_bytes,
                 )
             )
-            encoded.append(encode_record(namespace, datums))
+            if isinstance(hot, WireDatums):  # shaped for delivery
+                encoded.append(encode_wire_record(hot))
+            else:
+                encoded.append(encode_record(namespace, datums))
         try:
             self._write(records, encoded)
         except OSError as exc:
@@ -465,9 +634,12 @@ class Spool:
         """Pending records, oldest first."""
         return iter(list(self.pending.values()))
 
-    def load(self, record: Record) -> list[Datum]:
-        """The datums of a pending record. Raises SpoolCorrupt if they cannot be read back."""
+    def load(self, record: Record) -> Sequence[Datum]:
+        """The datums of a pending record (WireDatums as `add` keeps them). Raises
+        SpoolCorrupt if they cannot be read back."""
         if record.datums is not None:
+            if isinstance(record.datums, WireDatums):
+                return record.datums
             return list(record.datums)
         assert record.segment is not None
         try:
@@ -503,7 +675,10 @@ class Spool:
                 continue
             rsize = record.wire_bytes
             if record.oldest < cutoff:  # some of them are too old: send only the rest
-                fresh = [d for d in datums if d.timestamp >= cutoff]
+                if isinstance(datums, WireDatums):
+                    fresh: Sequence[Datum] = datums.since(cutoff)
+                else:
+                    fresh = [d for d in datums if d.timestamp >= cutoff]
                 too_old = len(datums) - len(fresh)
                 if too_old > record.too_old_counted:
                     self.ledger.drop(
@@ -516,7 +691,10 @@ class Spool:
                     finished.append(record)
                     continue
                 datums = fresh
-                rsize = sum(map(datum_wire_size, fresh))
+                if isinstance(fresh, WireDatums):
+                    rsize = sum(fresh.sizes)
+                else:
+                    rsize = sum(map(datum_wire_size, fresh))
             if group and (
                 count + len(datums) > MAX_DATUMS_PER_REQUEST or size + rsize > MAX_REQUEST_BYTES
             ):

@@ -81,3 +81,51 @@ def test_too_old_datums_are_counted_once_across_retries(tmp_path: object) -> Non
     assert pub.stats["api_calls"] >= 3  # retried several times
     assert pub.stats["dropped.too_old"] == 3
     assert spool.pending_datums == 4  # the record stays until the fresh datum is delivered
+
+
+def test_a_hold_keeps_new_requests_back_until_released(tmp_path: object) -> None:
+    """While collection runs (the daemon holds the publisher), no request starts; a flush
+    waits for the release, or gives up at its deadline with everything still spooled."""
+    import asyncio
+    import time
+    from pathlib import Path
+    from typing import Any
+
+    from hiveagent.model import Datum
+    from hiveagent.publisher import Publisher
+    from hiveagent.spool import Spool
+
+    class Client:  # not a botocore client: called with botocore's parameters
+        def __init__(self) -> None:
+            self.calls: list[dict[str, Any]] = []
+
+        def put_metric_data(self, **kw: Any) -> None:
+            self.calls.append(kw)
+
+    spool = Spool(Path(str(tmp_path)), fsync=False)
+    spool.open()
+    client = Client()
+    pub = Publisher(client, spool)
+    now = time.time()
+
+    async def run() -> None:
+        spool.add([Datum("NS", "M", (), 1.0, "Count", now, 60)])
+        pub.hold()
+        pub.hold()  # holds nest
+        flush = asyncio.create_task(pub.flush())
+        await asyncio.sleep(0.05)
+        pub.release()
+        await asyncio.sleep(0.05)
+        assert client.calls == [] and not flush.done()
+        pub.release()
+        assert await flush
+        assert [len(c["MetricData"]) for c in client.calls] == [1]
+        pub.hold()
+        spool.add([Datum("NS", "M", (), 2.0, "Count", now + 1, 60)])
+        assert await pub.flush(time.monotonic() + 0.05) is False
+        assert spool.pending_datums == 1 and len(client.calls) == 1
+        pub.release()
+        assert await pub.flush()
+        assert len(client.calls) == 2
+
+    asyncio.run(run())

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -17,15 +18,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import hiveagent.spool
+from hiveagent.encoding import WireDatums
 from hiveagent.ledger import DropLedger
 from hiveagent.model import Datum
 from hiveagent.spool import (
     HEADER,
+    MAGIC,
+    MAGIC_WIRE,
     Spool,
+    _ranges,
     batches,
     decode_payload,
+    decode_wire_payload,
     encode_payload,
     read_records,
+    sized_batches,
 )
 from hiveagent.wire import (
     MAX_AGE_S,
@@ -321,6 +329,20 @@ def test_batches_respect_limits_and_keep_everything(items: list[Datum]) -> None:
         assert size == sum(datum_wire_size(d) for d in b)
 
 
+@given(
+    st.lists(
+        st.one_of(st.integers(400, 2000), st.integers(2000, 400_000), st.just(997_000)),
+        max_size=3000,
+    )
+)
+def test_add_splits_a_namespace_as_sized_batches_does(sizes: list[int]) -> None:
+    """`Spool.add`'s split of one namespace's datums (a run of 1000 that fits taken whole) is
+    the greedy fill of `sized_batches`, batch for batch."""
+    items = [Datum("N", "m", (), float(i), "Count", 0.0) for i in range(len(sizes))]
+    split = [(items[a:b], total) for a, b, total in _ranges(sizes)]
+    assert split == list(sized_batches(zip(items, sizes, strict=True)))
+
+
 def test_batches_split_at_1000() -> None:
     items = [Datum("N", "m", (), 1.0, "Count", 0.0)] * 2500
     assert [len(b) for b, _ in batches(items)] == [1000, 1000, 500]
@@ -405,3 +427,198 @@ def test_next_request_drops_too_old_and_unreadable_with_reasons(tmp_path: Path) 
     assert [r.seq for r in again.records()] == [mixed.seq]  # the others are finished
     assert [r.seq for r, _ in again.next_request(now)] == [mixed.seq]
     assert drops.counts == Counter({"too_old": 4, "spool_corrupt": 7})  # a retry: none twice
+
+
+# -- records shaped for delivery ("HW": JSON fragments) and those written before them ----------
+
+
+RECENT = float(int(time.time()) // 3600 * 3600)  # one "now" for every example of a run
+
+
+def fresh(n: int, start: float, ns: str = "Hive/EC2") -> list[Datum]:
+    """Datums `add` keeps as JSON fragments (recent: `add` checks them against the clock)."""
+    return [d._replace(timestamp=start + k) for k, d in enumerate(datums(n, ns=ns))]
+
+
+def magics(directory: Path) -> list[bytes]:
+    out = []
+    for seg in sorted(directory.glob("*.seg")):
+        data = seg.read_bytes()
+        pos = 0
+        while pos < len(data):
+            magic, _count, length, _crc = HEADER.unpack_from(data, pos)
+            out.append(magic)
+            pos += HEADER.size + length
+    return out
+
+
+def test_add_writes_fragments_and_they_read_back_as_the_datums(tmp_path: Path) -> None:
+    now = time.time()
+    basic = fresh(1, now, ns="Hive/EBS")[0]._replace(samples=(1.0, 2.0))
+    spool = open_spool(tmp_path)
+    records = spool.add([*fresh(3, now), basic, *fresh(2, now, ns="CWAgent")])
+    # JSON fragments where no datum has samples; the datums as they are where one has
+    assert [(r.namespace, isinstance(spool.load(r), WireDatums)) for r in records] == [
+        ("CWAgent", True),
+        ("Hive/EBS", False),
+        ("Hive/EC2", True),
+    ]
+    assert magics(tmp_path) == [MAGIC_WIRE, MAGIC, MAGIC_WIRE]
+    spool.close()
+    again = open_spool(tmp_path)
+    got = [(r.namespace, list(again.load(r)), r.wire_bytes, r.oldest) for r in again.records()]
+    assert got == [(r.namespace, list(spool.load(r)), r.wire_bytes, r.oldest) for r in records]
+    assert [list(again.load(r)) for r in again.records()] == [
+        fresh(2, now, ns="CWAgent"),
+        [basic],
+        fresh(3, now),
+    ]
+
+
+def test_torn_and_flipped_fragment_records_are_counted_not_fatal(tmp_path: Path) -> None:
+    now = time.time()
+    spool = open_spool(tmp_path)
+    for k, n in enumerate((4, 6, 8)):
+        spool.add(fresh(n, now + 100 * k))
+    spool.close()
+    [seg] = tmp_path.glob("*.seg")
+    data = bytearray(seg.read_bytes())
+    first = HEADER.size + HEADER.unpack_from(data, 0)[2]
+    data[first + HEADER.size + 5] ^= 0x40  # inside the second record's payload
+    seg.write_bytes(bytes(data[:-7]))  # and the third torn
+    drops = Drops()
+    again = open_spool(tmp_path, drops)
+    assert [r.count for r in again.records()] == [4]
+    assert drops.counts == Counter({"spool_corrupt": 6})  # the rest of the segment skipped
+    assert "checksum mismatch" in drops.details[0]
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=40)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=5), st.data())
+def test_any_truncation_of_fragment_records_yields_a_prefix(
+    tmp_path: Path, sizes: list[int], data: st.DataObject
+) -> None:
+    d = Path(tempfile.mkdtemp(dir=tmp_path))
+    now = RECENT
+    spool = open_spool(d)
+    for k, n in enumerate(sizes):
+        spool.add(fresh(n, now + 1000 * k, ns="NS"))
+    spool.close()
+    [seg] = d.glob("*.seg")
+    raw = seg.read_bytes()
+    cut = data.draw(st.integers(0, len(raw)))
+    seg.write_bytes(raw[:cut])
+    drops = Drops()
+    again = open_spool(d, drops)
+    got = [r.count for r in again.records()]
+    assert got == sizes[: len(got)]
+    assert drops.counts["spool_corrupt"] <= sum(sizes) - sum(got)
+    for k, r in enumerate(again.records()):
+        assert list(again.load(r)) == fresh(sizes[k], now + 1000 * k, ns="NS")
+
+
+def test_a_fragment_record_that_decodes_to_nonsense_is_corrupt() -> None:
+    import msgpack
+
+    from hiveagent.encoding import deflate
+
+    good = [b"Hive/EC2", deflate.compress(b'{"a": 1}'), [1.0], [400]]
+    for bad in (
+        [b"Hive/EC2", b"not deflated", [1.0], [400]],
+        [b"Hive/EC2", deflate.compress(b'{"a": 1}\n{"b": 2}'), [1.0], [400]],  # 2 fragments
+        ["Hive/EC2", deflate.compress(b'{"a": 1}'), [1.0], ["400"]],
+        [1, deflate.compress(b'{"a": 1}'), [1.0], [400]],
+        "not a list",
+    ):
+        with pytest.raises(ValueError, match="undecodable"):
+            decode_wire_payload(msgpack.packb(bad, use_bin_type=False))
+    ns, wire = decode_wire_payload(msgpack.packb(["N", *good[1:]], use_bin_type=True))
+    assert ns == "N" and wire.fragments == ['{"a": 1}'] and wire.sizes == [400]
+
+
+T_BEFORE = 1_700_000_000.0
+
+
+def before_issue_18(k: int) -> list[Datum]:
+    """The datums of tests/data/spool-hr (written by the version before issue 18)."""
+    t = T_BEFORE + 60 * k
+    i, v = (("InstanceId", "i-0123456789abcdef0"),), (("VolumeId", "vol-0123456789abcdef0"),)
+    return [
+        Datum("Hive/EC2", "CPUUtilization", i, 12.5 + k, "Percent", t, 60),
+        Datum("Hive/EC2", "NetworkIn", i, 2048.0 * k, "Bytes", t, 60, (512.0, 1536.0 * k)),
+        Datum("Hive/EBS", "VolumeQueueLength", v, 0.25, "Count", t - 60, 60),
+        Datum("CWAgent", "naïve_metric", (*i, ("path", "/var/lib")), 1e100, "None", t + 0.125, 1),
+        Datum("CWAgent", "disk_used_percent", (), 99.99999999999999, "Percent", t, 60),
+    ]
+
+
+def test_a_spool_written_before_the_wire_records_replays(tmp_path: Path) -> None:
+    """Replay after the upgrade, on the files the previous version wrote (tests/data/spool-hr):
+    what it had not delivered comes back, in order, as it was, its delivered records (the
+    cursor, a done mark) skipped; new cycles are added as fragment records beside them, and a
+    restart replays both kinds; every one of them is sent and accepted, in both protocols."""
+    import asyncio
+
+    from hiveagent.config import PublishSettings
+    from hiveagent.publisher import Publisher
+    from hiveagent.wire import make_client
+    from tests.strict_endpoint import StrictEndpoint
+
+    src = Path(__file__).parent / "data" / "spool-hr"
+    ebs = Datum(
+        "Hive/EBS",
+        "VolumeIdleTime",
+        (("VolumeId", "vol-0123456789abcdef0"),),
+        59.5,
+        "Seconds",
+        T_BEFORE + 120,
+        60,
+    )
+
+    def by_ns(ds: list[Datum], ns: str) -> list[Datum]:
+        return [d for d in ds if d.namespace == ns]
+
+    old = [
+        by_ns(before_issue_18(0), "Hive/EBS"),
+        by_ns(before_issue_18(1), "CWAgent"),
+        by_ns(before_issue_18(1), "Hive/EBS"),
+        by_ns(before_issue_18(1), "Hive/EC2"),
+        [ebs],
+    ]
+    for protocol in ("json", "query"):
+        d = tmp_path / protocol
+        shutil.copytree(src, d)
+        spool = open_spool(d)
+        assert [list(spool.load(r)) for r in spool.records()] == old
+        assert all(r.replayed for r in spool.records()) and magics(d) == [MAGIC] * 7
+        now = time.time()
+        # (namespaces of their own: a request takes records of one namespace, and no endpoint
+        # takes datums of 2023 and of now together)
+        new = fresh(3, now, ns="New/EC2") + fresh(2, now, ns="New/CWAgent")
+        spool.add(new)
+        spool.close()
+        again = open_spool(d)
+        assert [list(again.load(r)) for r in again.records()] == [
+            *old,
+            fresh(2, now, ns="New/CWAgent"),
+            fresh(3, now, ns="New/EC2"),
+        ]
+        assert magics(d) == [MAGIC] * 7 + [MAGIC_WIRE] * 2
+        # The old datums are long past CloudWatch's 14 days: the endpoint's clock is set back
+        # for them (they go first, oldest first), then to now for the new ones.
+        n_old = sum(map(len, old))
+        ep = StrictEndpoint("aws")
+
+        def clock(e: StrictEndpoint = ep, n: int = n_old) -> float:
+            return T_BEFORE + 3600 if len(e.accepted) < n else time.time()
+
+        ep.clock = clock
+        with ep, pytest.MonkeyPatch.context() as mp:
+            mp.setattr(hiveagent.spool, "MAX_AGE_S", now)  # nothing is too old to send
+            client = make_client("us-east-1", ep.url, 5.0, protocol)
+            pub = Publisher(client, again, PublishSettings(breaker_failures=100))
+            assert asyncio.run(pub.flush())
+            got = sorted((a.namespace, a.name, a.timestamp) for a in ep.accepted)
+        sent = [x for ds in old for x in ds] + new
+        assert ep.refusals == [] and pub.stats["datums_sent"] == len(sent) == len(got)
+        assert got == sorted((x.namespace, x.name, round(x.timestamp, 6)) for x in sent)
