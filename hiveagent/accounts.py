@@ -13,6 +13,9 @@ A VM's account comes from discovery (the Spinifex sidecar's `account_id`, a gene
   account's spool (`UNASSIGNED` for VMs with no account), counted and shown in /status, until
   a reload gives them credentials. Never into another tenant's account.
 
+With `aws_namespaces`, the EC2 and EBS families of a routed VM go to `AWS/EC2` and `AWS/EBS`
+in its account (`tenant_datums`), for endpoints that allow it (config.py checks the rest).
+
 Each account has its own spool (under `<spool>/accounts/<account>/`; the default route keeps
 the spool directory itself, so what an earlier version spooled is delivered to it after an
 upgrade) and its own publisher: client, circuit breaker, backoff and drops. A role that cannot
@@ -27,9 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hiveagent.config import Config
+from hiveagent.catalog import CATALOG, Family
+from hiveagent.config import TENANT_EBS_NAMESPACE, TENANT_EC2_NAMESPACE, Config
+from hiveagent.model import Datum
 from hiveagent.publisher import Publisher
-from hiveagent.spool import Spool
+from hiveagent.spool import Spool, SpoolBudget
 from hiveagent.wire import Rules, make_client
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,45 @@ def route(account_id: str | None, config: Config) -> str:
     if settings.unrouted == "default_credentials":
         return DEFAULT
     return account_id or UNASSIGNED
+
+
+def tenant_namespaces(config: Config, account: str) -> dict[str, str]:
+    """Configured namespace -> the one a route's datums go to: AWS/EC2 and AWS/EBS for an
+    account's own route under `aws_namespaces`, else nothing renamed."""
+    if not config.accounts.aws_namespaces or account in (DEFAULT, UNASSIGNED):
+        return {}
+    return {
+        config.ec2_namespace: TENANT_EC2_NAMESPACE,
+        config.ebs_namespace: TENANT_EBS_NAMESPACE,
+    }
+
+
+_HYPERVISOR_FAMILIES = (Family.EC2, Family.EBS)
+
+
+def tenant_datums(config: Config, account: str, datums: list[Datum]) -> list[Datum]:
+    """A route's datums in the namespaces they are sent under (`tenant_namespaces`); only
+    the EC2 and EBS families' metrics are renamed, whatever namespace they share."""
+    renamed = tenant_namespaces(config, account)
+    if not renamed:
+        return datums
+    out = []
+    for d in datums:
+        to = renamed.get(d.namespace)
+        if to is not None:
+            spec = CATALOG.get(d.name)
+            if spec is not None and spec.family in _HYPERVISOR_FAMILIES:
+                d = d._replace(namespace=to)
+        out.append(d)
+    return out
+
+
+def tenant_rules(config: Config, account: str) -> Rules:
+    """What the endpoint takes from a route: `metrics.datum_shape`, and the tenant's AWS/
+    namespaces under `aws_namespaces` (the operator says the endpoint takes them)."""
+    return Rules(
+        config.datum_shape, open_namespaces=frozenset(tenant_namespaces(config, account).values())
+    )
 
 
 def client_settings(config: Config, account: str = DEFAULT) -> tuple[Any, ...] | None:
@@ -125,13 +169,14 @@ class Tenant:
         return out
 
 
-def open_tenant(config: Config, account: str) -> Tenant:
+def open_tenant(config: Config, account: str, budget: SpoolBudget | None = None) -> Tenant:
     spool = Spool(
         spool_dir(config, account),
         max_bytes=config.spool.max_bytes,
         fsync=config.spool.fsync,
         memory_max_datums=config.spool.memory_max_datums,
-        rules=Rules(config.datum_shape),
+        rules=tenant_rules(config, account),
+        budget=budget,
     )
     spool.open()
     tenant = Tenant(account, spool, None, None)
@@ -141,6 +186,7 @@ def open_tenant(config: Config, account: str) -> Tenant:
 
 def configure_tenant(tenant: Tenant, config: Config) -> None:
     """(Re)make the tenant's client when its settings changed; hold it when it has none."""
+    tenant.spool.rules = tenant_rules(config, tenant.account)  # what is spooled from now on
     settings = client_settings(config, tenant.account)
     if settings is not None and settings == tenant.client_settings and tenant.publisher:
         tenant.publisher.settings = config.publish

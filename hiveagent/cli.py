@@ -72,6 +72,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(
         f"  namespaces: EC2 {config.ec2_namespace}, EBS {config.ebs_namespace}, "
         f"guest {config.guest_namespace}"
+        + (
+            "; EC2 and EBS of VMs routed to an account: AWS/EC2, AWS/EBS"
+            if config.accounts.aws_namespaces
+            else ""
+        )
     )
     print(f"  endpoint: {redact_url(config.endpoint_override) or 'the region default'}")
     for where, ns in (

@@ -318,6 +318,8 @@ class AccountSettings:
     )
     profiles: tuple[tuple[str, str], ...] = _setting("hypervisor.accounts.profiles", _sorted_items)
     unrouted: str = _setting("hypervisor.accounts.unrouted")  # default_credentials | hold
+    # the EC2 and EBS families of VMs routed to an account under AWS/EC2 and AWS/EBS
+    aws_namespaces: bool = _setting("hypervisor.accounts.aws_namespaces")
 
     @property
     def enabled(self) -> bool:
@@ -1173,10 +1175,54 @@ def parse_config(
         status_server=_build(StatusServerSettings, filled),
         source=source,
     )
-    warnings = [*served.warnings, *_dimension_warnings(config, served.volume_id)]
+    warnings = [
+        *served.warnings,
+        *_dimension_warnings(config, served.volume_id),
+        *_check_aws_namespaces(config, source),
+    ]
     config = replace(config, warnings=tuple(sorted(warnings, key=_path_order)))
     _check_dimension_counts(config, source)
     return config
+
+
+TENANT_EC2_NAMESPACE = "AWS/EC2"
+TENANT_EBS_NAMESPACE = "AWS/EBS"
+
+
+def _check_aws_namespaces(config: Config, source: str) -> list[str]:
+    """hypervisor.accounts.aws_namespaces: refused where it cannot work (no routing, or AWS
+    CloudWatch itself, which reserves `AWS/`); otherwise the trade-off, as a warning."""
+    accounts = config.accounts
+    where = "$.hypervisor.accounts.aws_namespaces"
+    if not accounts.aws_namespaces:
+        return []
+    if not accounts.enabled:
+        raise ConfigError(
+            f"{source}: {where}: needs hypervisor.accounts.role_arn or .profiles: AWS/EC2 and "
+            "AWS/EBS are sent for VMs routed to their own account only"
+        )
+    if config.endpoint_override is None:
+        raise ConfigError(
+            f"{source}: {where}: AWS CloudWatch refuses PutMetricData to AWS/ namespaces; "
+            "this works only with an endpoint that allows it (set metrics.endpoint_override)"
+        )
+    if TENANT_EC2_NAMESPACE in (config.guest_namespace, config.self_metrics.namespace) or (
+        TENANT_EBS_NAMESPACE in (config.guest_namespace, config.self_metrics.namespace)
+    ):
+        raise ConfigError(
+            f"{source}: {where}: metrics.namespace or hypervisor.self_metrics.namespace is "
+            "AWS/EC2 or AWS/EBS: their series would mix with the EC2 and EBS families"
+        )
+    return [
+        f"{where}: the EC2 and EBS families of VMs routed to an account go to "
+        f"{TENANT_EC2_NAMESPACE} and {TENANT_EBS_NAMESPACE} in that account (instead of "
+        f"{config.ec2_namespace} and {config.ebs_namespace}), so its dashboards and alarms on "
+        "those namespaces work unchanged. Only if the endpoint lets each account's credentials "
+        "write AWS/ namespaces: where it refuses, those datums are refused "
+        "(InvalidParameterValue), counted and logged as rejected, and not sent again. The "
+        "roles' PutMetricData policies must allow these namespaces; VMs sent with the default "
+        "credentials keep the configured ones"
+    ]
 
 
 def guest_plugins(config: Config) -> dict[str, DiskPlugin | GuestPlugin]:

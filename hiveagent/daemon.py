@@ -39,7 +39,7 @@ from hiveagent.observe import (
 from hiveagent.pipeline import Pipeline
 from hiveagent.publisher import Publisher
 from hiveagent.scheduler import Scheduler, interval_warnings, settle_memory
-from hiveagent.spool import Spool
+from hiveagent.spool import Spool, SpoolBudget
 from hiveagent.status_server import StatusServer
 from hiveagent.systemd import Notifier
 from hiveagent.wire import MAX_DATUMS_PER_REQUEST, Rules
@@ -89,6 +89,8 @@ class Daemon:
         self.max_cycles = max_cycles
         self.started = time.time()
         self.ledger = DropLedger()  # every datum given up, by the spool or the publisher
+        # spool.max_bytes bounds the spool directory: this spool and every account's together
+        self.spool_budget = SpoolBudget(config.spool.max_bytes)
         self.spool = Spool(
             config.spool.directory,
             max_bytes=config.spool.max_bytes,
@@ -97,6 +99,7 @@ class Daemon:
             ledger=self.ledger,
             audit=audit,
             rules=Rules(config.datum_shape),
+            budget=self.spool_budget,
         )
         default = client_settings(config)
         assert default is not None
@@ -295,7 +298,7 @@ class Daemon:
             datums = routed.pop(DEFAULT, [])
             for account, tenant_datums in routed.items():
                 tenant = self._tenant(account)
-                tenant.spool.add(tenant_datums)
+                tenant.spool.add(accounts.tenant_datums(self.config, account, tenant_datums))
                 if tenant.spool.pending_datums >= MAX_DATUMS_PER_REQUEST:
                     self.flush_wanted.set()
             self.cycles += 1
@@ -344,7 +347,9 @@ class Daemon:
     def _tenant(self, account: str) -> Tenant:
         tenant = self.tenants.get(account)
         if tenant is None:
-            tenant = self.tenants[account] = accounts.open_tenant(self.config, account)
+            tenant = self.tenants[account] = accounts.open_tenant(
+                self.config, account, self.spool_budget
+            )
             log.info(
                 "account %s: %s, spool %s",
                 account,
@@ -386,7 +391,11 @@ class Daemon:
         deadline = time.monotonic() + self.config.publish.shutdown_flush_s
         partial = self.pipeline.drain_routed()  # basic monitoring: the open 5-minute windows
         for account, datums in partial.items():
-            (self.spool if account == DEFAULT else self._tenant(account).spool).add(datums)
+            if account == DEFAULT:
+                self.spool.add(datums)
+            else:
+                tenant = self._tenant(account)
+                tenant.spool.add(accounts.tenant_datums(self.config, account, datums))
         for task in self.tenant_senders.values():  # started by a late tenant, if any
             task.cancel()
         publishers = [self.publisher] + [

@@ -295,6 +295,32 @@ def read_records(data: bytes, start: int = 0) -> Iterator[tuple[int, int, str, S
         pos += HEADER.size + length
 
 
+class SpoolBudget:
+    """One byte bound over several spools: `hypervisor.spool.max_bytes` holds for the default
+    route's spool and every account's together. Over it, the largest spool gives up its oldest
+    segment: an account whose datums cannot be delivered pays for its own backlog first, and
+    one that delivers keeps what it has."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.spools: list[Spool] = []
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.total_bytes for s in self.spools)
+
+    def enforce(self) -> None:
+        total = self.total_bytes
+        while total > self.max_bytes:
+            largest = max(self.spools, key=lambda s: s.total_bytes)
+            before = largest.total_bytes
+            if not largest.discard_oldest(
+                f"spools over {self.max_bytes} bytes together; {largest.dir} is the largest"
+            ):
+                return
+            total -= before - largest.total_bytes
+
+
 class Spool:
     """Segment files plus a cursor; see the module docstring."""
 
@@ -308,9 +334,13 @@ class Spool:
         ledger: DropLedger | None = None,
         audit: IO[str] | None = None,
         rules: Rules = AWS_RULES,
+        budget: SpoolBudget | None = None,
     ) -> None:
         self.dir = Path(directory)
         self.max_bytes = max_bytes
+        self.budget = budget  # a bound shared with other spools (each account's)
+        if budget is not None:
+            budget.spools.append(self)
         self.segment_bytes = max(64 << 10, max_bytes // 8)
         self.fsync = fsync
         self.memory_max_datums = memory_max_datums
@@ -793,6 +823,8 @@ class Spool:
     def close(self) -> None:
         self.commit()
         self._close_active()
+        if self.budget is not None and self in self.budget.spools:
+            self.budget.spools.remove(self)
         if self.memory_datums:
             self.ledger.drop(
                 self.memory_datums, "shutdown_memory", "kept in memory because the disk failed"
@@ -803,26 +835,36 @@ class Spool:
 
     def _enforce_limits(self) -> None:
         while self.total_bytes > self.max_bytes and len(self.segment_sizes) > 1:
-            oldest = min(self.segment_sizes)
-            if oldest == self.active:
+            if min(self.segment_sizes) == self.active:
                 break
-            lost = [r for r in self.pending.values() if r.segment == oldest]
-            for r in lost:
-                self._forget(r)
-            count = sum(r.count for r in lost)
-            if count:
-                self.ledger.drop(
-                    count,
-                    "spool_full",
-                    f"spool over {self.max_bytes} bytes; oldest segment {oldest} discarded",
-                )
-            self._unlink(oldest)
+            self.discard_oldest(f"spool over {self.max_bytes} bytes")
+        if self.budget is not None:
+            self.budget.enforce()
         while self.memory_datums > self.memory_max_datums:
             victim = next(r for r in self.pending.values() if r.segment is None)
             self._forget(victim)
             self.ledger.drop(
                 victim.count, "memory_full", "spool disk unwritable and memory queue full"
             )
+
+    def discard_oldest(self, why: str) -> bool:
+        """Give up the oldest segment and the records in it, counted as `spool_full`; the
+        active segment too when it is the only one (the next append starts a new one). False
+        when nothing is on disk."""
+        if not self.segment_sizes:
+            return False
+        oldest = min(self.segment_sizes)
+        if oldest == self.active:
+            self._close_active()
+            self.active += 1  # a fresh number: no done mark can name it
+        lost = [r for r in self.pending.values() if r.segment == oldest]
+        for r in lost:
+            self._forget(r)
+        count = sum(r.count for r in lost)
+        if count:
+            self.ledger.drop(count, "spool_full", f"{why}; oldest segment {oldest} discarded")
+        self._unlink(oldest)
+        return True
 
     # -- figures ------------------------------------------------------------------------------
 

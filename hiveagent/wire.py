@@ -83,6 +83,9 @@ class Rules:
 
     shape: str = "auto"
     spinifex: bool = False
+    # reserved namespaces this endpoint is said to take from these credentials
+    # (hypervisor.accounts.aws_namespaces: AWS/EC2 and AWS/EBS for a tenant's role)
+    open_namespaces: frozenset[str] = frozenset()
     namespaces: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
     names: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     values: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
@@ -259,7 +262,7 @@ def namespace_refusal(namespace: str, rules: Rules = AWS_RULES) -> str | None:
         or namespace.startswith(":")
     ):
         why = "bad_namespace"  # the model's pattern `[^:].*`; printable ASCII (API reference)
-    elif namespace.startswith(
+    elif namespace not in rules.open_namespaces and namespace.startswith(
         SPINIFEX_RESERVED_NAMESPACES if rules.spinifex else RESERVED_NAMESPACES
     ):
         why = "reserved_namespace"

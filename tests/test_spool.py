@@ -26,7 +26,9 @@ from hiveagent.spool import (
     HEADER,
     MAGIC,
     MAGIC_WIRE,
+    Record,
     Spool,
+    SpoolBudget,
     _ranges,
     batches,
     decode_payload,
@@ -210,6 +212,64 @@ def test_byte_bound_drops_oldest_and_counts(tmp_path: Path) -> None:
     assert drops.counts["spool_full"] == 100 * 200 - kept > 0
     # What is kept is the newest.
     assert max(r.oldest for r in spool.records()) == 1e9 + 99 * 1000
+
+
+def seg_bytes(directory: Path) -> int:
+    """What the spool's segments take on disk, by the files themselves."""
+    return sum(p.stat().st_size for p in directory.rglob("*.seg"))
+
+
+def test_a_shared_bound_makes_the_stuck_account_pay_for_its_backlog(tmp_path: Path) -> None:
+    """hypervisor.spool.max_bytes over the default spool and every account's: an account whose
+    datums cannot be delivered grows until the bound, then loses its own oldest; the others,
+    which deliver, lose nothing, and the directory never holds more than the bound."""
+    bound = 1 << 20
+    budget = SpoolBudget(bound)
+    stuck_drops, flowing_drops = Drops(), Drops()
+    stuck = Spool(
+        tmp_path / "accounts" / "111111111111", ledger=stuck_drops, max_bytes=bound, budget=budget
+    )
+    flowing = Spool(tmp_path, ledger=flowing_drops, max_bytes=bound, budget=budget)
+    stuck.open()
+    flowing.open()
+    peak = 0
+    in_flight: list[Record] = []
+    for k in range(150):
+        stuck.append("Hive/EC2", datums(200, start=1e9 + k * 1000))
+        peak = max(peak, seg_bytes(tmp_path))
+        in_flight.append(flowing.append("Hive/EC2", datums(200, start=1e9 + k * 1000)))
+        peak = max(peak, seg_bytes(tmp_path))
+        if len(in_flight) > 2:  # delivered two cycles late
+            flowing.done(in_flight.pop(0))
+        flowing.commit()
+    assert peak <= bound
+    assert budget.total_bytes == seg_bytes(tmp_path) <= bound
+    assert stuck_drops.counts["spool_full"] == 150 * 200 - stuck.pending_datums > 0
+    assert flowing_drops.counts == Counter()
+    assert [r.oldest for r in flowing.records()] == [1e9 + 148_000, 1e9 + 149_000]
+    # What the stuck account kept is its newest.
+    assert max(r.oldest for r in stuck.records()) == 1e9 + 149 * 1000
+    assert "spools over 1048576 bytes together" in stuck_drops.details[0]
+
+
+def test_a_spool_that_gave_up_its_only_segment_starts_afresh(tmp_path: Path) -> None:
+    """Discarding the segment being appended to (a spool with one segment, the largest under
+    a shared bound): its records are counted, the next append opens a new segment, and a
+    restart replays exactly what was appended after, done marks included."""
+    drops = Drops()
+    spool = open_spool(tmp_path, drops)
+    spool.append("Hive/EC2", datums(5))
+    assert spool.discard_oldest("test") and spool.pending_datums == 0
+    assert drops.counts["spool_full"] == 5 and not list(tmp_path.glob("*.seg"))
+    kept = spool.append("Hive/EC2", datums(3, start=2e9))
+    sent = spool.append("Hive/EBS", datums(2, ns="Hive/EBS"))
+    spool.done(sent)
+    spool.commit()
+    spool.close()
+    again = open_spool(tmp_path)
+    assert [(r.namespace, r.count) for r in again.records()] == [("Hive/EC2", 3)]
+    assert again.load(next(again.records())) == datums(3, start=2e9)
+    assert kept.count == 3
 
 
 def test_unwritable_directory_falls_back_to_bounded_memory(tmp_path: Path) -> None:
