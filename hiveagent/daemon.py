@@ -157,6 +157,8 @@ class Daemon:
             "agent": dict(self.scheduler.stats + self.pipeline.stats),
             "publisher": self.publisher.status(),
             "spool": self.spool.status(),
+            # spool.max_bytes holds for the agent's own spool and every account's together
+            "spool_bytes_all_accounts": self.spool_budget.total_bytes,
             "accounts": {a: t.status() for a, t in sorted(self.tenants.items())},
         }
 
