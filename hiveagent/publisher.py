@@ -130,6 +130,11 @@ class CircuitBreaker:
         return False
 
 
+# In the endpoint's message when it refuses a request for its namespace (AWS's text, and
+# Spinifex's for its reserved prefixes)
+NAMESPACE_REFUSED = "for parameter Namespace is invalid"
+
+
 class Outcome(Enum):
     SENT = "sent"
     RETRY = "retry"  # the endpoint is in trouble: keep the datums, back off
@@ -308,7 +313,17 @@ class Publisher:
         `replayed`: they were read back from the spool at start, so they may have reached the
         endpoint before the restart; one that is refused now is counted as `resent_refused`
         (an endpoint that refuses duplicate samples, as Spinifex's does, refuses it for that),
-        not as rejected."""
+        not as rejected.
+
+        A request refused for its namespace (AWS: "The value AWS/EC2 for parameter Namespace is
+        invalid.") is refused whatever its datums: all of them are dropped at once, not
+        halved down to one request each."""
+        if len(datums) > 1 and NAMESPACE_REFUSED in detail:
+            code = detail.split(":", 1)[0]
+            self.ledger.drop(
+                len(datums), f"rejected.{code}", f"{namespace}: {len(datums)} datum(s): {detail}"
+            )
+            return True
         if len(datums) == 1:
             if self._may_fall_back(datums):  # refused as a statistic set: try its single value
                 outcome, why = await self._put(namespace, datums, "single_values")

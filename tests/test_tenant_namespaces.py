@@ -4,15 +4,18 @@ account's credentials write them; nowhere else, and nothing else."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
 
 from hiveagent.accounts import DEFAULT, UNASSIGNED, tenant_datums, tenant_rules
-from hiveagent.config import Config, parse_config
+from hiveagent.config import Config, PublishSettings, parse_config
 from hiveagent.model import Datum
+from hiveagent.publisher import Publisher
 from hiveagent.spool import Spool
-from hiveagent.wire import namespace_refusal
+from hiveagent.wire import make_client, namespace_refusal
+from tests.strict_endpoint import StrictEndpoint
 
 CONFIGS = Path(__file__).parent / "configs"
 TENANT = "111111111111"
@@ -79,3 +82,31 @@ def test_the_tenant_spool_takes_aws_ec2_and_ebs_and_nothing_else_reserved(tmp_pa
     assert spool.pending_datums == 1 and spool.ledger.stats() == {}
     [record] = spool.records()
     assert record.namespace == "AWS/EC2"
+
+
+def test_a_refused_namespace_costs_one_request_and_is_counted(tmp_path: Path) -> None:
+    """An endpoint that does not let these credentials write AWS/EC2 refuses the request for
+    its namespace, whatever its datums (AWS's rule): the publisher drops the batch in one go,
+    counted as rejected, instead of halving it down to one request per datum; the other
+    namespaces' datums still arrive."""
+    c = config()
+    now = time.time()
+    sent = [
+        datum("Hive/EC2", "CPUUtilization", "Percent")._replace(
+            dimensions=(("InstanceId", f"i-{k:017x}"),), timestamp=now
+        )
+        for k in range(30)
+    ] + [datum("CWAgent", "mem_used_percent", "Percent")._replace(timestamp=now)]
+    spool = Spool(tmp_path, fsync=False, rules=tenant_rules(c, TENANT))
+    spool.open()
+    spool.add(tenant_datums(c, TENANT, sent))
+    with StrictEndpoint("aws") as endpoint:
+        publisher = Publisher(make_client("us-east-1", endpoint.url, 5.0), spool, PublishSettings())
+        assert asyncio.run(publisher.flush())
+        refused = [r for r in endpoint.requests if r.code is not None]
+        assert [(r.status, r.code) for r in refused] == [(400, "InvalidParameterValue")]
+        assert [(d.namespace, d.name) for d in endpoint.accepted] == [
+            ("CWAgent", "mem_used_percent")
+        ]
+    assert spool.ledger.stats() == {"dropped.rejected.InvalidParameterValue": 30}
+    assert spool.pending_datums == 0
