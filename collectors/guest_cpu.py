@@ -39,7 +39,14 @@ from typing import Any, NamedTuple
 
 from collectors.guest_devices import plugin_filter
 from collectors.guest_host import emit_guest
-from hiveagent.collector import Collector, Emitter, VmView, bounded_entries, guest_counter
+from hiveagent.collector import (
+    Collector,
+    Emitter,
+    VmView,
+    bounded_entries,
+    guest_counter,
+    metric_set,
+)
 from hiveagent.config import Limits
 
 
@@ -101,23 +108,28 @@ def total_ms(t: CpuTimes) -> int:
 def cpu_usage(prev: CpuTimes, cur: CpuTimes) -> dict[str, float] | None:
     """telegraf's usage_* over the period between two samples of one CPU (module docstring);
     None when the total did not grow (no time passed, or the guest rebooted)."""
-    total = total_ms(cur) - total_ms(prev)
+    user, nice, system, idle, iowait, irq, softirq, steal, guest, guestnice = cur
+    p_user, p_nice, p_system, p_idle, p_iowait, p_irq, p_softirq, p_steal, p_guest, p_gnice = prev
+    # total_ms(cur) - total_ms(prev), in that order of terms (integers: exact either way)
+    total = (user + system + nice + iowait + irq + softirq + steal + idle) - (
+        p_user + p_system + p_nice + p_iowait + p_irq + p_softirq + p_steal + p_idle
+    )
     if total <= 0:
         return None
     scale = 100.0 / total
-    d = CpuTimes._make(c - p for c, p in zip(cur, prev, strict=True))
+    d_idle, d_guest, d_gnice = idle - p_idle, guest - p_guest, guestnice - p_gnice
     return {
-        "cpu_usage_user": (d.user - d.guest) * scale,
-        "cpu_usage_nice": (d.nice - d.guestnice) * scale,
-        "cpu_usage_system": d.system * scale,
-        "cpu_usage_idle": d.idle * scale,
-        "cpu_usage_iowait": d.iowait * scale,
-        "cpu_usage_irq": d.irq * scale,
-        "cpu_usage_softirq": d.softirq * scale,
-        "cpu_usage_steal": d.steal * scale,
-        "cpu_usage_guest": d.guest * scale,
-        "cpu_usage_guest_nice": d.guestnice * scale,
-        "cpu_usage_active": (total - d.idle) * scale,
+        "cpu_usage_user": (user - p_user - d_guest) * scale,
+        "cpu_usage_nice": (nice - p_nice - d_gnice) * scale,
+        "cpu_usage_system": (system - p_system) * scale,
+        "cpu_usage_idle": d_idle * scale,
+        "cpu_usage_iowait": (iowait - p_iowait) * scale,
+        "cpu_usage_irq": (irq - p_irq) * scale,
+        "cpu_usage_softirq": (softirq - p_softirq) * scale,
+        "cpu_usage_steal": (steal - p_steal) * scale,
+        "cpu_usage_guest": d_guest * scale,
+        "cpu_usage_guest_nice": d_gnice * scale,
+        "cpu_usage_active": (total - d_idle) * scale,
     }
 
 
@@ -167,11 +179,12 @@ class GuestCpu(Collector[CpuSample]):
                     series.append(
                         (label, cur.cpus[n], prev.cpus.get(n) if prev is not None else None)
                     )
-        wants_times = any(m in plugin.metrics for m in TIME_METRICS)
+        wanted_metrics = metric_set(plugin.metrics)
+        wants_times = not wanted_metrics.isdisjoint(TIME_METRICS)
         for label, now, before in series:
             values = cpu_times(now) if wants_times else {}
             usage = cpu_usage(before, now) if before is not None else None
             if usage is not None:
                 values.update(usage)
-            sent = {n: v for n, v in values.items() if n in plugin.metrics}
+            sent = {n: v for n, v in values.items() if n in wanted_metrics}
             emit_guest(out, vm, sent, {"cpu": label})

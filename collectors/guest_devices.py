@@ -31,7 +31,7 @@ from hiveagent.collector import (
     VmView,
     bounded_entries,
     clean_dimension,
-    guest_counter,
+    metric_set,
 )
 from hiveagent.config import GuestPlugin, Limits
 from hiveagent.counters import CounterRecord, counter_deltas
@@ -204,6 +204,9 @@ def parse_devices(
     if as_plugin and wanted is None and src.excluded_by_default is not None:
         skips.append(src.excluded_by_default)
     out: dict[str, DeviceStats[C]] = {}
+    counter_fields = [f for f, _, _ in src.counters]
+    gauge_fields = [f for f, _ in src.gauges]
+    absent, record = src.absent, src.record
     for entry in bounded_entries(reply, src.source, limit, rejected, out):
         if not isinstance(entry, dict):
             rejected[f"{src.source}.not_an_object"] += 1
@@ -219,13 +222,18 @@ def parse_devices(
             continue
         if skips and any(skip(entry) for skip in skips):
             continue
-        counters = [guest_counter(stats.get(f, src.absent)) for f, _, _ in src.counters]
-        gauges = [guest_counter(stats.get(f, src.absent)) for f, _ in src.gauges]
-        if None in counters or None in gauges:
+        counters = [stats.get(f, absent) for f in counter_fields]
+        gauges = [stats.get(f, absent) for f in gauge_fields]
+        # guest_counter's check, inline: each an int in [0, 2^64)
+        if not all(v.__class__ is int and 0 <= v < _COUNTER_END for v in (*counters, *gauges)):
             rejected[f"{src.source}.bad_counter"] += 1
             continue
-        out[name] = DeviceStats(src.record._make(counters), tuple(gauges))  # type: ignore[attr-defined, arg-type]
+        out[name] = _new(DeviceStats, (_new(record, counters), tuple(gauges)))
     return out
+
+
+_new = tuple.__new__
+_COUNTER_END = 1 << 64
 
 
 def plugin_filter(
@@ -277,10 +285,17 @@ class GuestDeviceCounters(Collector[dict[str, DeviceStats[Any]]]):
         deltas = counter_deltas(
             {n: s.counters for n, s in prev.items()}, {n: s.counters for n, s in cur.items()}
         )
+        if not deltas:
+            return
+        wanted = metric_set(plugin.metrics)
+        # (record index, metric, scale) of the counters sent, (index, metric) of the gauges
+        counters = [(i, m, scale) for i, (_, m, scale) in enumerate(src.counters)
+                    if m is not None and m in wanted]  # fmt: skip
+        gauges = [(i, m) for i, (_, m) in enumerate(src.gauges) if m in wanted]
         for name, d in sorted(deltas.items()):
-            values = {m: v * scale for (_, m, scale), v in zip(src.counters, d, strict=True)
-                      if m is not None and m in plugin.metrics}  # fmt: skip
-            for (_, metric), value in zip(src.gauges, cur[name].gauges, strict=True):
-                if metric in plugin.metrics:
-                    values[metric] = value
+            values = {m: d[i] * scale for i, m, scale in counters}
+            if gauges:
+                sampled = cur[name].gauges
+                for i, m in gauges:
+                    values[m] = sampled[i]
             emit_guest(out, vm, values, {src.dimension: name})

@@ -36,7 +36,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from collectors.guest_host import emit_guest
-from hiveagent.collector import Collector, Emitter, VmView, bounded_entries, clean_dimension
+from hiveagent.collector import (
+    Collector,
+    Emitter,
+    VmView,
+    bounded_entries,
+    clean_dimension,
+    metric_set,
+)
 from hiveagent.config import Limits
 
 _MAX_BYTES = 1 << 63
@@ -143,6 +150,7 @@ class GuestDisk(Collector[list[FsRecord]]):
     ) -> None:
         plugin = vm.config.disk
         assert plugin is not None
+        wanted = metric_set(plugin.metrics)
         for fs in cur:
             if fs.fstype in plugin.ignore_file_system_types or not plugin.wants_mount(
                 fs.mountpoint
@@ -155,5 +163,5 @@ class GuestDisk(Collector[list[FsRecord]]):
                 dims["device"] = fs.device
             if plugin.volume_id and fs.volume_id:
                 dims["VolumeId"] = fs.volume_id
-            values = {n: v for n, v in disk_values(fs).items() if n in plugin.metrics}
+            values = {n: v for n, v in disk_values(fs).items() if n in wanted}
             emit_guest(out, vm, values, dims)

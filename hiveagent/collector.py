@@ -107,6 +107,21 @@ def clean_dimension(value: Any) -> str | None:
     return value if value.strip() else None
 
 
+def metric_set(metrics: tuple[str, ...]) -> frozenset[str]:
+    """A plugin's `metrics` as a set, made once per config (a plugin's metrics are a tuple:
+    `in` on it compares names one by one, for every value of every VM and cycle)."""
+    hit = _METRIC_SETS.get(id(metrics))
+    if hit is None or hit[0] is not metrics:
+        if len(_METRIC_SETS) > 64:  # reloads: forget the configs that are gone
+            _METRIC_SETS.clear()
+        hit = _METRIC_SETS[id(metrics)] = (metrics, frozenset(metrics))
+    return hit[1]
+
+
+# id(a plugin's metrics tuple) -> (that tuple, kept so its id cannot be reused; its set)
+_METRIC_SETS: dict[int, tuple[tuple[str, ...], frozenset[str]]] = {}
+
+
 def guest_counter(value: Any) -> int | None:
     """A guest-supplied cumulative counter: an integer in [0, 2^64), else None."""
     if value.__class__ is not int or not 0 <= value < 1 << 64:
@@ -169,18 +184,28 @@ class Emitter:
         if checked is None:
             checked = _CHECKED[names] = {}
         dimensions = tuple(sorted(dims.items()))
-        append, res = self.datums.append, self.resolution
+        append, res, namespaces = self.datums.append, self.resolution, self.namespaces
         stamps = (self.timestamp, self.period_start)
         for name, value in values.items():
             known = checked.get(name)
             if known is None:
                 known = checked[name] = _check(name, names)
-            if value.__class__ not in (int, float) or not math.isfinite(value):
+            family, unit, stamp = known
+            # Only a finite int or float (not a bool, not a subclass) is a value; an int is
+            # sent as its float (an int too large for one raises OverflowError, as before).
+            kind = value.__class__
+            if kind is float:
+                if not _isfinite(value):
+                    self.rejected.append(f"{name}: not a finite number: {value!r}")
+                    continue
+            elif kind is int:
+                value = float(value)
+            else:
                 self.rejected.append(f"{name}: not a finite number: {value!r}")
                 continue
             # tuple.__new__ skips the named tuple's Python-level __new__ (half the cost here).
-            ns, unit, ts = self.namespaces[known[0]], known[1], stamps[known[2]]
-            append(_new(Datum, (ns, name, dimensions, float(value), unit, ts, res, ())))
+            ns, ts = namespaces[family], stamps[stamp]
+            append(_new(Datum, (ns, name, dimensions, value, unit, ts, res, ())))
 
 
 def _check(name: str, dims: tuple[str, ...]) -> tuple[str, str, int]:
@@ -197,6 +222,7 @@ def _check(name: str, dims: tuple[str, ...]) -> tuple[str, str, int]:
 
 
 _new = tuple.__new__
+_isfinite = math.isfinite
 
 # dimension names (in the caller's order) -> metric -> (family value, unit), checked once each.
 _CHECKED: dict[tuple[str, ...], dict[str, tuple[str, str, int]]] = {}

@@ -8,7 +8,7 @@ import contextlib
 import socket
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from qemu.qmp import ExecuteError, Message, QMPClient, QMPError
 
@@ -58,6 +58,24 @@ class QuietQMPClient(QMPClient):
 
     async def _event_dispatch(self, msg: Message) -> None:
         self.events_seen += 1
+
+    async def _do_recv(self) -> Message:
+        """QMPClient's own (a line read, deserialised at once, raising as it does), as a
+        `_Received`, whose lookups do not go through the Mapping protocol in Python."""
+        return _Received(await self._readline(), eager=True)
+
+
+class _Received(Message):
+    """A Message read from QEMU, with `in` and `get` straight on its dict. qemu.qmp looks at
+    every reply with them (`'event' in msg`, `msg.get('id')`, `'error' in reply`, `'return'
+    in reply`), and Message inherits them from Mapping, where each is a Python-level
+    `__getitem__` and a miss raises and catches a KeyError."""
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._object
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._object.get(key, default)
 
 
 class QmpSession:
@@ -121,21 +139,28 @@ class QmpSession:
         connection drops the connection (every command not answered gets that error)."""
         if self._client is None:
             raise QmpError(f"{self.path}: not connected")
-        client = self._client
-        # execute_msg of a lazily serialised Message: QMPClient.execute builds an eagerly
-        # serialised one that execute_msg copies and serialises again, and both are thrown
-        # away when the id is set (three json.dumps per command instead of two).
+        execute = self._client.execute_msg
+        # execute_msg of a plain dict: it makes a Message of its own from what it is given
+        # (a copy, serialised at once, then again once the id is set), so a Message built
+        # here would only be thrown away; QMPClient.execute builds an eagerly serialised one
+        # (three json.dumps per command instead of two), and copying a Message walks the
+        # Mapping protocol key by key in Python where copying a dict is one C call.
         tasks = [
             asyncio.ensure_future(
-                client.execute_msg(
-                    Message({"execute": c, "arguments": a} if a else {"execute": c}, eager=False)
-                )
+                execute(cast(Message, {"execute": c, "arguments": a} if a else {"execute": c}))
             )
             for c, a in calls
         ]
         try:
             async with asyncio.timeout(self.timeout):
-                await asyncio.wait(tasks)
+                # One by one (each task's reply or error is looked at below), all in flight
+                # meanwhile: cheaper than asyncio.wait's set, waiter future and callbacks.
+                for task in tasks:
+                    if not task.done():
+                        try:
+                            await task
+                        except Exception:  # its error is looked at below
+                            continue
         except TimeoutError:
             pass
         finally:  # on a timeout, and if this caller is cancelled (the VM's own deadline)

@@ -201,26 +201,38 @@ def shape(
     # worked out once per series, not per metric of it
     shaped: dict[tuple[str, Dimensions], tuple[Dimensions, list[Dimensions]]] = {}
     out: list[Datum] = []
+    append = out.append
+    # A datum of the same series as the one before (an Emitter gives all the datums of one
+    # emit_all call one dimensions tuple) reuses its sets without hashing the tuple again.
+    last_dims: Dimensions | None = None
+    last_prefix = ""
+    s = NO_SHAPING
+    sets: tuple[Dimensions, list[Dimensions]] = ((), [])
     for d in datums:
-        if d.namespace != guest_ns:
-            out.append(d)
+        ns, name, dims, value, unit, stamp, resolution, samples = d
+        if ns != guest_ns:
+            append(d)
             continue
-        prefix = d.name.split("_", 1)[0]  # cpu_..., diskio_..., ...
-        s = plugins.get(prefix, NO_SHAPING)
-        sets = shaped.get((prefix, d.dimensions))
-        if sets is None:
-            sets = shaped[(prefix, d.dimensions)] = _dimension_sets(
-                dict(d.dimensions), own.get(prefix, {}), vm_dims, config
-            )
-        ns, name, _, value, unit, stamp, resolution, samples = d
+        prefix = name.split("_", 1)[0]  # cpu_..., diskio_..., ...
+        if dims is not last_dims or prefix != last_prefix:
+            s = plugins.get(prefix, NO_SHAPING)
+            found = shaped.get((prefix, dims))
+            if found is None:
+                found = shaped[(prefix, dims)] = _dimension_sets(
+                    dict(dims), own.get(prefix, {}), vm_dims, config
+                )
+            sets, last_dims, last_prefix = found, dims, prefix
         new_name = name
         for metric, rename, new_unit in s.renames:
             if metric == name:
                 new_name, unit = rename or name, new_unit or unit
         full, rollups = sets
-        for key in rollups if name in s.drop_original else (full, *rollups):
+        if not rollups and not s.drop_original:
             # tuple.__new__ skips the named tuple's Python-level __new__ (as the Emitter does)
-            out.append(_new(Datum, (ns, new_name, key, value, unit, stamp, resolution, samples)))
+            append(_new(Datum, (ns, new_name, full, value, unit, stamp, resolution, samples)))
+            continue
+        for key in rollups if name in s.drop_original else (full, *rollups):
+            append(_new(Datum, (ns, new_name, key, value, unit, stamp, resolution, samples)))
     return out
 
 

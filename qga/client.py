@@ -34,7 +34,7 @@ import json
 import logging
 import random
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +111,22 @@ def parse_guest_info(reply: Any) -> GuestInfo:
         ):
             enabled.add(entry["name"])
     return GuestInfo(version=version[:64], enabled_commands=frozenset(enabled))
+
+
+# The C scanner behind json.loads (JSONDecoder's defaults, as json.loads uses them).
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+# command -> its request line, with %d for the id (commands come from the collectors' wants)
+_REQUEST_LINES: dict[str, bytes] = {}
+
+
+def _request_line(command: str) -> bytes:
+    line = _REQUEST_LINES.get(command)
+    if line is None:
+        name = json.dumps(command).encode().replace(b"%", b"%%")
+        line = b'{"execute": %s, "id": %%d}\n' % name
+        if len(_REQUEST_LINES) < 256:
+            _REQUEST_LINES[command] = line
+    return line
 
 
 class QgaClient:
@@ -223,7 +239,7 @@ class QgaClient:
             sync_id = random.randrange(1, 1 << 31) if self.state is QgaState.UNSYNCED else None
             ids = [next(self._ids) for _ in commands]
             request = b"".join(
-                b'{"execute": %s, "id": %d}\n' % (json.dumps(command).encode(), msg_id)
+                _request_line(command) % msg_id
                 for command, msg_id in zip(commands, ids, strict=True)
             )
             if sync_id is not None:
@@ -406,9 +422,16 @@ class QgaClient:
             line = (await self._read_line()).strip()
             if not line:
                 continue
+            # json.loads without its two Python frames and whitespace matches (the line is
+            # stripped): the C scanner, then json.loads's own check that nothing but the
+            # value is there ("Extra data")
+            text, end = "", -1
             try:
-                obj = json.loads(line.decode())  # invalid UTF-8 is a ValueError too
-            except (ValueError, RecursionError):
+                text = line.decode()  # invalid UTF-8 is a ValueError too
+                obj, end = _scan_json(text, 0)
+            except (ValueError, RecursionError, StopIteration):  # StopIteration: no value
+                end = -1
+            if end != len(text):
                 self.stale_replies += 1
                 log.debug("%s: ignoring undecodable line of %d bytes", self.path, len(line))
                 continue
