@@ -377,7 +377,7 @@ class Daemon:
             if publisher.breaker.remaining_s() > 0:
                 wait = min(wait, publisher.breaker.remaining_s() + 0.01)
             await asyncio.sleep(wait)
-            await publisher.flush()
+            await self._flush_guarded(publisher, f"account {tenant.account}")
 
     async def _sender(self) -> None:
         while True:
@@ -387,7 +387,17 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.flush_wanted.wait(), wait)
             self.flush_wanted.clear()
-            await self.publisher.flush()
+            await self._flush_guarded(self.publisher, "the agent's own account")
+
+    @staticmethod
+    async def _flush_guarded(publisher: Publisher, whose: str) -> None:
+        """A flush that cannot end its sender: an error no one foresaw is logged, its datums
+        stay spooled, and the next flush tries again."""
+        try:
+            await publisher.flush()
+        except Exception as exc:  # a bug, or a library raising what it never did before
+            publisher.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("%s: flush failed; the datums stay in the spool", whose)
 
     async def _shutdown(self) -> None:
         deadline = time.monotonic() + self.config.publish.shutdown_flush_s

@@ -419,6 +419,13 @@ class Publisher:
         except (ValueError, OverflowError) as exc:  # botocore could not serialise a datum
             self.counts["api_errors"] += 1
             return Outcome.INVALID, f"Unsendable: {exc}"
+        except RuntimeError as exc:
+            # botocore's refreshing credentials: "Credentials were refreshed, but the refreshed
+            # credentials are still expired." (STS's clock behind the host's): kept, retried
+            self.counts["api_errors"] += 1
+            self.last_error = f"credentials: {exc}"
+            log.warning("PutMetricData: %s; %d datum(s) kept", self.last_error, len(datums))
+            return Outcome.RETRY, self.last_error
         finally:
             self.in_flight -= 1
         self.last_success = time.time()

@@ -21,6 +21,25 @@ upstream's answer is relayed; it counts as accepted only when the upstream accep
 other request (GetMetricData, ListMetrics, moto's /moto-api/...) is passed on untouched. While
 the upstream is down, every request is answered 503 ServiceUnavailable (an endpoint outage).
 
+STS in front of an upstream (moto's server serves STS at the same address): an AssumeRole
+(awsQuery, as botocore sends it) is checked, passed on, and its reply looked at:
+
+    ep.denied_roles = {arn}                 # AssumeRole of the role: 403 AccessDenied
+    ep.required_external_ids = {arn: "x"}   # its trust policy demands ExternalId "x": an
+                                            #   AssumeRole without it, or with another, 403
+    ep.credential_lifetime_s = 5.0          # the reply's Expiration rewritten to now + 5 s,
+                                            #   whole seconds as STS writes them (0: already
+                                            #   expired, as to a host whose clock runs ahead)
+    ep.reserved_namespace_roles = {arn}     # keys issued for the role may put `AWS/` namespaces
+    ep.assume_role_calls                    # [AssumeRoleCall(role_arn, external_id, ...), ...]
+    ep.issued_keys                          # {AccessKeyId: IssuedKey(role_arn, expiration)}
+
+The AccessKeyId and Expiration of every AssumeRole reply passed through are remembered: a
+PutMetricData signed with such a key at or after its expiration (by the endpoint's `clock`) is
+refused 403 ExpiredToken, and the role it was issued for decides the `reserved_namespace_roles`
+exemption. The AccessDenied text is STS's, naming the caller's ARN as the upstream's
+GetCallerIdentity names the identity that signed the request (never its access key id).
+
 It speaks both wire protocols botocore uses for CloudWatch: AWS JSON 1.0 (`X-Amz-Target:
 GraniteServiceVersion20100801.PutMetricData`) and awsQuery (form-encoded), gzip bodies or not,
 and answers errors the way each protocol does so that botocore raises a ClientError with the
@@ -34,9 +53,13 @@ What is enforced (rule -> error code, HTTP 400 unless said):
 
     Authorization header missing                      MissingAuthenticationToken (403)
     Authorization not SigV4-shaped for `monitoring`   IncompleteSignature
+    signed with a key an AssumeRole passed through
+      issued, at or after its Expiration               ExpiredToken (403)
     uncompressed body > 1,000,000 bytes               RequestEntityTooLarge (413)
     Namespace absent / blank                          MissingParameter
-    Namespace > 255 chars, starts `:` or `AWS/`,
+    Namespace > 255 chars, starts `:` or `AWS/`
+      (`AWS/`: unless signed with a key issued for
+      one of `reserved_namespace_roles`),
       non-ASCII or control characters                 InvalidParameterValue
     no datum at all                                   MissingParameter
     > 1000 datums (MetricData + EntityMetricData)     InvalidParameterValue
@@ -60,6 +83,7 @@ What is enforced (rule -> error code, HTTP 400 unless said):
   spinifex mode, in addition (codes of our choosing, all InvalidParameterValue):
     StatisticValues, Values or Counts in a datum      InvalidParameterValue
     Namespace starting `AWS/` or `Goanna/`            InvalidParameterValue
+      (`AWS/` exempt as in aws mode, `Goanna/` never)
     dimension name not ^[a-zA-Z_][a-zA-Z0-9_]*$       InvalidParameterValue
     a sample not later than the last accepted one of
       its series (namespace, name, sorted dimensions) InvalidParameterValue
@@ -86,7 +110,7 @@ import uuid
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -109,6 +133,8 @@ __all__ = [
     "MAX_VALUES_PER_DATUM",
     "VALUE_LIMIT",
     "AcceptedDatum",
+    "AssumeRoleCall",
+    "IssuedKey",
     "Mode",
     "Protocol",
     "Refusal",
@@ -178,6 +204,8 @@ _SHAPE_OF_CODE = {
     "MissingParameter": "MissingRequiredParameterException",
     "InvalidParameterCombination": "InvalidParameterCombinationException",
     "InternalServiceError": "InternalServiceFault",
+    # an authentication error: the service framework's shape, not CloudWatch's
+    "ExpiredToken": "com.amazon.coral.service#ExpiredTokenException",
 }
 _DEFAULT_MESSAGES = {
     "Throttling": "Rate exceeded",  # AWS text (AWS knowledge-center article on PutMetricData)
@@ -188,6 +216,11 @@ _AUTHORIZATION = re.compile(
     r"SignedHeaders=[a-z0-9;-]+,\s*Signature=[0-9a-f]{64}$"
 )
 _MAX_WIRE_BYTES = 64 * 1024 * 1024  # a guard only: far above any limit above
+# STS (awsQuery): the credentials of an AssumeRole reply
+_ACCESS_KEY_ID = re.compile(rb"<AccessKeyId>\s*([^<\s]+)\s*</AccessKeyId>")
+_EXPIRATION = re.compile(rb"<Expiration>\s*([^<\s]+)\s*</Expiration>")
+# AWS text (STS's and CloudWatch's reply to a request signed with expired temporary credentials)
+EXPIRED_TOKEN_MESSAGE = "The security token included in the request is expired"
 
 Mode = Literal["aws", "spinifex"]
 Protocol = Literal["json", "query"]
@@ -216,6 +249,8 @@ class AcceptedDatum:
     timestamp: float  # epoch seconds; the time of receipt when the datum had none
     storage_resolution: int  # 60 when the datum named none
     protocol: Protocol
+    # the access key id the request was signed with (not compared: a datum is its content)
+    access_key: str | None = field(default=None, compare=False)
 
     @property
     def series(self) -> tuple[str, str, tuple[tuple[str, str], ...]]:
@@ -241,6 +276,30 @@ class RequestInfo:
     status: int
     code: str | None  # None when accepted
     access_key: str | None = None  # the signature's credential (its access key id)
+    received: float = 0.0  # when it came, by the endpoint's clock
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """Temporary credentials an AssumeRole passed through issued."""
+
+    role_arn: str
+    expiration: float | None  # epoch seconds (None: the reply named none)
+    issued: float  # when, by the endpoint's clock
+
+
+@dataclass(frozen=True)
+class AssumeRoleCall:
+    """One STS AssumeRole request that came through, refused here or passed on."""
+
+    role_arn: str
+    external_id: str | None  # as sent (None: not sent)
+    caller: str | None  # the access key id the request was signed with
+    received: float  # by the endpoint's clock
+    status: int  # 200, or the refusal's (the upstream's) status
+    code: str | None  # None when the upstream issued credentials
+    access_key: str | None = None  # the AccessKeyId issued
+    expiration: float | None = None  # its Expiration as relayed (rewritten or not)
 
 
 class ApiError(Exception):
@@ -323,6 +382,10 @@ class StrictEndpoint:
         max_request_bytes: int = MAX_REQUEST_BYTES,
         upstream: str | None = None,
         port: int = 0,
+        denied_roles: Iterable[str] | None = None,
+        required_external_ids: dict[str, str] | None = None,
+        credential_lifetime_s: float | None = None,
+        reserved_namespace_roles: Iterable[str] | None = None,
     ) -> None:
         if mode not in ("aws", "spinifex"):
             raise ValueError(f"mode must be 'aws' or 'spinifex', not {mode!r}")
@@ -333,7 +396,15 @@ class StrictEndpoint:
         self._bind_port = port
         self.forwarded = 0  # requests passed on to the upstream (PutMetricData or not)
         # STS AssumeRole of these role ARNs is refused (403 AccessDenied): a role not there
-        self.denied_roles: set[str] = set()
+        self.denied_roles: set[str] = set(denied_roles or ())
+        # role ARN -> the ExternalId its trust policy demands (sts:ExternalId condition)
+        self.required_external_ids: dict[str, str] = dict(required_external_ids or {})
+        # AssumeRole replies' Expiration rewritten to now + this (None: left as the upstream's)
+        self.credential_lifetime_s: float | None = credential_lifetime_s
+        # keys issued for these roles may put `AWS/` namespaces (a private cloud's service role)
+        self.reserved_namespace_roles: set[str] = set(reserved_namespace_roles or ())
+        self.issued_keys: dict[str, IssuedKey] = {}  # AccessKeyId -> what issued it
+        self.assume_role_calls: list[AssumeRoleCall] = []
         self.accepted: list[AcceptedDatum] = []
         self.refused: Counter[str] = Counter()
         self.refusals: list[Refusal] = []
@@ -413,14 +484,36 @@ class StrictEndpoint:
             self._failures.extend([(status, code, text)] * n)
 
     def clear(self) -> None:
-        """Forget everything: accepted datums, counters, series, pending failures."""
+        """Forget everything: accepted datums, counters, series, pending failures, AssumeRole
+        calls (the keys issued are kept: they are still good until they expire)."""
         with self._lock:
             self.accepted.clear()
             self.refused.clear()
             self.refusals.clear()
             self.requests.clear()
+            self.assume_role_calls.clear()
             self._series = _Series()
             self._failures.clear()
+
+    def role_of(self, access_key: str | None) -> str | None:
+        """The role an AssumeRole passed through issued this key for, or None."""
+        with self._lock:
+            issued = self.issued_keys.get(access_key or "")
+        return issued.role_arn if issued else None
+
+    def _expired(self, access_key: str | None, now: float) -> bool:
+        with self._lock:
+            issued = self.issued_keys.get(access_key or "")
+        return bool(issued and issued.expiration is not None and now >= issued.expiration)
+
+    def _assumed(self, call: AssumeRoleCall) -> None:
+        with self._changed:
+            self.assume_role_calls.append(call)
+            if call.access_key is not None:
+                self.issued_keys[call.access_key] = IssuedKey(
+                    call.role_arn, call.expiration, call.received
+                )
+            self._changed.notify_all()
 
     def wait_for(self, accepted: int, timeout: float = 10.0) -> bool:
         """Wait until at least `accepted` datums are kept."""
@@ -444,13 +537,19 @@ class StrictEndpoint:
             self._changed.notify_all()
 
     def _put_metric_data(
-        self, params: dict[str, Any], protocol: Protocol, deliver: Callable[[], None]
+        self,
+        params: dict[str, Any],
+        protocol: Protocol,
+        deliver: Callable[[], None],
+        access_key: str | None = None,
     ) -> list[AcceptedDatum]:
-        """Check one request; when it passes, `deliver` it (to the upstream; it raises ApiError
-        when the upstream does not take it) and only then move the series on."""
+        """Check one request (signed with `access_key`); when it passes, `deliver` it (to the
+        upstream; it raises ApiError when the upstream does not take it) and only then move
+        the series on."""
         now = self.clock()
         problems = _Problems()
-        namespace = self._namespace(params.get("Namespace"), problems)
+        reserved_ok = self.role_of(access_key) in self.reserved_namespace_roles
+        namespace = self._namespace(params.get("Namespace"), problems, reserved_ok)
         datums: list[tuple[str, Any]] = []
         for i, d in enumerate(_list(params.get("MetricData"), "MetricData"), 1):
             datums.append((f"MetricData.member.{i}", d))
@@ -474,7 +573,7 @@ class StrictEndpoint:
         for prefix, raw in datums:
             d = self._datum(prefix, raw, namespace, now, protocol, problems)
             if d is not None:
-                out.append(d)
+                out.append(replace(d, access_key=access_key))
         problems.raise_if_any()
         if self.mode != "spinifex":
             deliver()
@@ -498,7 +597,9 @@ class StrictEndpoint:
                 self._series.last.update(moved)
         return out
 
-    def _namespace(self, raw: Any, problems: _Problems) -> str:
+    def _namespace(self, raw: Any, problems: _Problems, reserved_ok: bool = False) -> str:
+        """The Namespace, checked; `reserved_ok`: signed by a role that may put `AWS/`
+        namespaces (`reserved_namespace_roles`)."""
         if raw is None or (isinstance(raw, str) and _blank(raw)):
             problems.missing("Namespace")
             return ""
@@ -509,11 +610,21 @@ class StrictEndpoint:
             problems.invalid(
                 f"The parameter Namespace must be shorter than {MAX_NAME_CHARS + 1} characters."
             )
-        elif raw.startswith("AWS/") or raw.startswith(":") or not _ascii_printable(raw):
+        elif (
+            (raw.startswith("AWS/") and not reserved_ok)
+            or raw.startswith(":")
+            or not _ascii_printable(raw)
+        ):
             # AWS text for `AWS/`: "The value AWS/ for parameter Namespace is invalid."; the
             # model's pattern `[^:].*` and the docs' "ASCII, no control characters" the same way
             problems.invalid(f"The value {raw} for parameter Namespace is invalid.")
-        elif self.mode == "spinifex" and raw.startswith(SPINIFEX_RESERVED_NAMESPACES):
+        elif self.mode == "spinifex" and raw.startswith(
+            tuple(
+                prefix
+                for prefix in SPINIFEX_RESERVED_NAMESPACES
+                if not (reserved_ok and prefix == "AWS/")
+            )
+        ):
             problems.invalid(  # ours
                 f"The value {raw} for parameter Namespace is invalid: the namespace prefixes "
                 f"{', '.join(SPINIFEX_RESERVED_NAMESPACES)} are reserved."
@@ -857,24 +968,25 @@ class _Handler(BaseHTTPRequestHandler):
         datums: list[AcceptedDatum] = []
         error: ApiError | None = None
         relayed: tuple[int, list[tuple[str, str]], bytes] | None = None
+        access_key = _access_key(self.headers.get("Authorization"))
+        received = self.owner.clock()
         try:
             wire = self._read_body()
             if self.owner.upstream is not None and not self._is_put_metric_data(
                 protocol, target, wire, encoding
             ):
-                denied = self._denied_role(wire)
-                if denied:
-                    raise ApiError(  # STS's code; message reconstructed
-                        403,
-                        "AccessDenied",
-                        f"User is not authorized to perform: sts:AssumeRole on resource: {denied}",
-                    )
-                self._relay(self._forward(wire))
+                assume = self._assume_role_fields(wire)
+                if assume is not None:
+                    self._assume_role(assume, wire, received)
+                else:
+                    self._relay(self._forward(wire))
                 return
             failure = self.owner._next_failure()
             if failure is not None:
                 raise ApiError(*failure)
             self._check_authorization()
+            if self.owner._expired(access_key, received):
+                raise ApiError(403, "ExpiredToken", EXPIRED_TOKEN_MESSAGE)
             self._check_protocol(protocol, content_type, target)
             body = self._decode(wire, encoding)
             body_bytes = len(body)
@@ -897,7 +1009,9 @@ class _Handler(BaseHTTPRequestHandler):
                         relayed[0], "Upstream", relayed[2][:500].decode("utf-8", "replace")
                     )
 
-            datums = self.owner._put_metric_data(self._parse(body, protocol), protocol, deliver)
+            datums = self.owner._put_metric_data(
+                self._parse(body, protocol), protocol, deliver, access_key
+            )
         except ApiError as e:
             error = e
         except Exception as e:  # a bug here must still answer: as a 500
@@ -910,7 +1024,8 @@ class _Handler(BaseHTTPRequestHandler):
                 body_bytes=body_bytes,
                 status=200 if error is None else error.status,
                 code=None if error is None else error.code,
-                access_key=_access_key(self.headers.get("Authorization")),
+                access_key=access_key,
+                received=received,
             ),
             datums if error is None else [],
             None if error is None else Refusal(error.status, error.code, error.message, protocol),
@@ -923,13 +1038,83 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(protocol, error)
 
     # -- in front of an upstream ---------------------------------------------------------------
-    def _denied_role(self, wire: bytes) -> str | None:
-        """The role of an STS AssumeRole request the test made unassumable (`deny_roles`)."""
-        if not self.owner.denied_roles or b"Action=AssumeRole" not in wire:
+    def _assume_role_fields(self, wire: bytes) -> dict[str, str] | None:
+        """The form of an STS AssumeRole request (awsQuery, as botocore sends it), or None."""
+        if b"Action=AssumeRole" not in wire:
             return None
-        fields = dict(parse_qsl(wire.decode("utf-8", "replace")))
-        role = fields.get("RoleArn")
-        return role if role in self.owner.denied_roles else None
+        fields = dict(parse_qsl(wire.decode("utf-8", "replace"), keep_blank_values=True))
+        return fields if fields.get("Action") == "AssumeRole" else None
+
+    def _assume_role(self, fields: dict[str, str], wire: bytes, received: float) -> None:
+        """Refuse the AssumeRole (`denied_roles`, `required_external_ids`: 403 AccessDenied,
+        raised as ApiError) or pass it on; remember the key the reply issues and its expiry,
+        rewritten to now + `credential_lifetime_s` when that is set."""
+        owner = self.owner
+        role = fields.get("RoleArn", "")
+        external_id = fields.get("ExternalId")
+        caller = _access_key(self.headers.get("Authorization"))
+        required = owner.required_external_ids.get(role)
+        if role in owner.denied_roles or (required is not None and external_id != required):
+            owner._assumed(AssumeRoleCall(role, external_id, caller, received, 403, "AccessDenied"))
+            raise ApiError(  # STS's code and text
+                403,
+                "AccessDenied",
+                f"User: {self._caller_arn()} is not authorized to perform: sts:AssumeRole on "
+                f"resource: {role}",
+            )
+        status, headers, body = self._forward(wire)
+        key: str | None = None
+        expiration: float | None = None
+        if status == 200:
+            m = _ACCESS_KEY_ID.search(body)
+            key = m.group(1).decode() if m else None
+            lifetime = owner.credential_lifetime_s
+            if lifetime is not None:
+                # STS writes whole seconds ("2019-11-09T13:34:41Z"): the expiry remembered is
+                # the one written, so a key is good for (lifetime - 1, lifetime] seconds
+                expiration = float(math.floor(received + lifetime))
+                stamp = datetime.fromtimestamp(expiration, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                body = _EXPIRATION.sub(f"<Expiration>{stamp}</Expiration>".encode(), body, count=1)
+            else:
+                e = _EXPIRATION.search(body)
+                expiration = _timestamp(e.group(1).decode()) if e else None
+        owner._assumed(
+            AssumeRoleCall(
+                role,
+                external_id,
+                caller,
+                received,
+                status,
+                None if status == 200 else "Upstream",
+                key,
+                expiration,
+            )
+        )
+        self._relay((status, headers, body))
+
+    def _caller_arn(self) -> str:
+        """The ARN of the identity this request is signed by, as the upstream's STS
+        GetCallerIdentity names it for the same signature (moto reads the access key id off
+        the Authorization header; it checks no signature), or "unknown". Never the access key
+        id: it goes into error messages, which clients log."""
+        up = self.owner.upstream
+        assert up is not None
+        body = b"Action=GetCallerIdentity&Version=2011-06-15"
+        headers = {
+            k: v
+            for k, v in self.headers.items()
+            if k.lower() not in ("connection", "content-length", "x-amz-content-sha256")
+        }
+        conn = http.client.HTTPConnection(up.hostname or "127.0.0.1", up.port or 80, timeout=10)
+        try:
+            conn.request("POST", "/", body=body, headers=headers)
+            reply = conn.getresponse()
+            m = re.search(rb"<Arn>\s*([^<\s]+)\s*</Arn>", reply.read())
+            return m.group(1).decode() if reply.status == 200 and m else "unknown"
+        except OSError:
+            return "unknown"
+        finally:
+            conn.close()
 
     def _is_put_metric_data(
         self, protocol: Protocol, target: str | None, wire: bytes, encoding: str
@@ -1106,7 +1291,8 @@ class _Handler(BaseHTTPRequestHandler):
             # the query code in `x-amzn-query-error`, which botocore reports as Error.Code.
             shape = _SHAPE_OF_CODE.get(e.code, e.code)
             key = "Message" if shape == "InternalServiceFault" else "message"
-            body = json.dumps({"__type": f"com.amazonaws.cloudwatch#{shape}", key: e.message})
+            shape_id = shape if "#" in shape else f"com.amazonaws.cloudwatch#{shape}"
+            body = json.dumps({"__type": shape_id, key: e.message})
             self._send(
                 e.status,
                 JSON_CONTENT_TYPE,

@@ -68,15 +68,24 @@ def data_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def make_client(url: str, data_path: Path, min_compression: int = 10240) -> Any:
+def make_client(
+    url: str,
+    data_path: Path,
+    min_compression: int = 10240,
+    credentials: dict[str, Any] | None = None,
+) -> Any:
+    """A CloudWatch client signing with the static key `testing`, or with `credentials` (an
+    STS reply's Credentials)."""
     session = botocore.session.Session()
     session.set_config_variable("data_path", str(data_path))
+    creds = credentials or {"AccessKeyId": "testing", "SecretAccessKey": "testing"}
     return session.create_client(
         "cloudwatch",
         region_name="us-east-1",
         endpoint_url=url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds.get("SessionToken"),
         config=Config(
             parameter_validation=False,  # let the endpoint see what botocore would refuse
             retries={"total_max_attempts": 1},
@@ -842,3 +851,190 @@ def test_in_front_of_a_stopped_upstream_every_request_is_an_outage(
         ep.upstream = None
         client.put_metric_data(Namespace="Front", MetricData=[datum(Timestamp=t)])
         assert len(ep.accepted) == 1
+
+
+# -- STS in front of moto ----------------------------------------------------------------------
+def sts_client(url: str, credentials: dict[str, Any] | None = None, service: str = "sts") -> Any:
+    """STS (or another service) at `url`, signing with the static key `testing` or with
+    `credentials` (AccessKeyId, SecretAccessKey, SessionToken if any)."""
+    creds = credentials or {"AccessKeyId": "testing", "SecretAccessKey": "testing"}
+    return botocore.session.Session().create_client(
+        service,
+        region_name="us-east-1",
+        endpoint_url=url,
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds.get("SessionToken"),
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+
+
+HOST_ACCOUNT = "444444444400"
+HOST_USER = f"arn:aws:iam::{HOST_ACCOUNT}:user/hive-host-7"
+
+
+@pytest.fixture(scope="module")
+def host_keys(moto_upstream: str) -> dict[str, Any]:
+    """The long-term keys of an IAM user `hive-host-7` of account 444444444400 in moto (the
+    host's identity, the caller of AssumeRole below): made with a key of that account, which
+    an AssumeRole of a role in it gives (moto: keys belong to the account of their IAM)."""
+    setup = sts_client(moto_upstream).assume_role(
+        RoleArn=f"arn:aws:iam::{HOST_ACCOUNT}:role/Setup", RoleSessionName="test-setup"
+    )["Credentials"]
+    iam = sts_client(moto_upstream, setup, service="iam")
+    iam.create_user(UserName="hive-host-7")
+    key = iam.create_access_key(UserName="hive-host-7")["AccessKey"]
+    return {"AccessKeyId": key["AccessKeyId"], "SecretAccessKey": key["SecretAccessKey"]}
+
+
+def denied(role: str) -> tuple[str, int, str]:
+    """STS's refusal of an AssumeRole the host user may not make (STS names the caller's
+    ARN)."""
+    return (
+        "AccessDenied",
+        403,
+        f"User: {HOST_USER} is not authorized to perform: sts:AssumeRole on resource: {role}",
+    )
+
+
+def test_a_role_whose_trust_policy_demands_an_external_id_is_assumed_only_with_it(
+    moto_upstream: str, host_keys: dict[str, Any]
+) -> None:
+    trusting = "arn:aws:iam::444444444444:role/HiveAgentPublisher"
+    plain = "arn:aws:iam::444444444445:role/HiveAgentPublisher"
+    with StrictEndpoint(
+        "aws", upstream=moto_upstream, required_external_ids={trusting: "hive-host-7"}
+    ) as ep:
+        sts = sts_client(ep.url, host_keys)
+        for extra in ({}, {"ExternalId": "hive-host-8"}, {"ExternalId": "HIVE-HOST-7"}):
+            with pytest.raises(ClientError) as info:
+                sts.assume_role(RoleArn=trusting, RoleSessionName="hiveagent", **extra)
+            assert error_of(info.value) == denied(trusting)
+        assert ep.issued_keys == {}  # nothing was passed on
+        good = sts.assume_role(
+            RoleArn=trusting, RoleSessionName="hiveagent", ExternalId="hive-host-7"
+        )["Credentials"]
+        # A trust policy without the condition takes the request with or without one.
+        sts.assume_role(RoleArn=plain, RoleSessionName="hiveagent")
+        sts.assume_role(RoleArn=plain, RoleSessionName="hiveagent", ExternalId="hive-host-7")
+        assert [(c.role_arn, c.external_id, c.status) for c in ep.assume_role_calls] == [
+            (trusting, None, 403),
+            (trusting, "hive-host-8", 403),
+            (trusting, "HIVE-HOST-7", 403),
+            (trusting, "hive-host-7", 200),
+            (plain, None, 200),
+            (plain, "hive-host-7", 200),
+        ]
+        assert {c.caller for c in ep.assume_role_calls} == {host_keys["AccessKeyId"]}
+        assert ep.role_of(good["AccessKeyId"]) == trusting
+        assert ep.refused == {"AccessDenied": 3}
+        ep.denied_roles = {plain}  # a role not there (any more)
+        with pytest.raises(ClientError) as info:
+            sts.assume_role(RoleArn=plain, RoleSessionName="hiveagent")
+        assert error_of(info.value) == denied(plain)
+        assert host_keys["AccessKeyId"] not in str(ep.refusals)  # clients log the messages
+
+
+def test_credentials_of_a_shortened_lifetime_are_refused_once_expired(
+    moto_upstream: str, data_paths: dict[str, Path], protocol: str
+) -> None:
+    role = "arn:aws:iam::444444444446:role/HiveAgentPublisher"
+    clock = [float(int(time.time())) + 0.25]  # the endpoint's own clock, moved by the test
+    with StrictEndpoint(
+        "aws", clock=lambda: clock[0], upstream=moto_upstream, credential_lifetime_s=300
+    ) as ep:
+        creds = sts_client(ep.url).assume_role(RoleArn=role, RoleSessionName="hiveagent")[
+            "Credentials"
+        ]
+        # STS writes whole seconds: now + 300 s, the fraction cut off
+        expires = clock[0] - 0.25 + 300
+        assert creds["Expiration"] == datetime.fromtimestamp(expires, UTC)
+        assert ep.issued_keys[creds["AccessKeyId"]].expiration == expires
+        client = make_client(ep.url, data_paths[protocol], credentials=creds)
+        t = datetime.fromtimestamp(clock[0], UTC) - timedelta(minutes=1)
+        client.put_metric_data(Namespace="Hive", MetricData=[datum(Timestamp=t, Value=1.0)])
+        clock[0] = expires - 0.001  # the last moment it is good
+        client.put_metric_data(Namespace="Hive", MetricData=[datum(Timestamp=t, Value=2.0)])
+        clock[0] = expires
+        with pytest.raises(ClientError) as info:
+            client.put_metric_data(Namespace="Hive", MetricData=[datum(Timestamp=t, Value=3.0)])
+        assert error_of(info.value) == (
+            "ExpiredToken",
+            403,
+            "The security token included in the request is expired",
+        )
+        # A key the endpoint did not see issued (the static `testing`) never expires here.
+        make_client(ep.url, data_paths[protocol]).put_metric_data(
+            Namespace="Hive", MetricData=[datum(Timestamp=t, Value=4.0)]
+        )
+        assert [(d.value, d.access_key) for d in ep.accepted] == [
+            (1.0, creds["AccessKeyId"]),
+            (2.0, creds["AccessKeyId"]),
+            (4.0, "testing"),
+        ]
+        assert ep.refused == {"ExpiredToken": 1}
+
+
+def test_without_a_lifetime_the_upstreams_expiration_is_relayed_and_remembered(
+    moto_upstream: str,
+) -> None:
+    role = "arn:aws:iam::444444444447:role/HiveAgentPublisher"
+    with StrictEndpoint("aws", upstream=moto_upstream) as ep:
+        before = time.time()
+        creds = sts_client(ep.url).assume_role(
+            RoleArn=role, RoleSessionName="hiveagent", DurationSeconds=900
+        )["Credentials"]
+        after = time.time()
+        issued = ep.issued_keys[creds["AccessKeyId"]]
+        assert issued.expiration is not None
+        assert issued.expiration == creds["Expiration"].timestamp()
+        assert before + 900 - 1 <= issued.expiration <= after + 900 + 1
+
+
+@pytest.mark.parametrize("mode", ["aws", "spinifex"])
+def test_only_keys_issued_for_a_reserved_namespace_role_may_put_aws_namespaces(
+    moto_upstream: str, data_paths: dict[str, Path], protocol: str, mode: str
+) -> None:
+    service = "arn:aws:iam::444444444448:role/CloudWatchService"
+    tenant = "arn:aws:iam::444444444448:role/HiveAgentPublisher"
+    with StrictEndpoint(
+        cast(Any, mode), upstream=moto_upstream, reserved_namespace_roles={service}
+    ) as ep:
+        sts = sts_client(ep.url)
+        keys = {
+            role: sts.assume_role(RoleArn=role, RoleSessionName="hiveagent")["Credentials"]
+            for role in (service, tenant)
+        }
+        as_service = make_client(ep.url, data_paths[protocol], credentials=keys[service])
+        as_tenant = make_client(ep.url, data_paths[protocol], credentials=keys[tenant])
+        as_static = make_client(ep.url, data_paths[protocol])
+        instance = f"i-{uuid.uuid4().hex[:17]}"
+        good = datum(Dimensions=[{"Name": "InstanceId", "Value": instance}], Value=5.0)
+        as_service.put_metric_data(Namespace="AWS/EC2", MetricData=[good])
+        for client in (as_tenant, as_static):
+            e = refuse_more(ep, client, "AWS/EC2", [good])
+            assert error_of(e) == (
+                "InvalidParameterValue",
+                400,
+                "The value AWS/EC2 for parameter Namespace is invalid.",
+            )
+        if mode == "spinifex":  # Spinifex's own reserved prefix: no exemption
+            e = refuse_more(ep, as_service, "Goanna/Node", [good])
+            code, status, message = error_of(e)
+            assert (code, status) == ("InvalidParameterValue", 400)
+            assert message.startswith("The value Goanna/Node for parameter Namespace is invalid")
+        # What passed went on to moto: it is there, in the service role's account.
+        assert read_back(as_service, "AWS/EC2", "CPUUtilization", instance) == [5.0]
+        assert [(d.namespace, d.access_key) for d in ep.accepted] == [
+            ("AWS/EC2", keys[service]["AccessKeyId"])
+        ]
+        assert ep.refused == {"InvalidParameterValue": 3 if mode == "spinifex" else 2}
+
+
+def refuse_more(ep: StrictEndpoint, client: Any, namespace: str, datums: Datums) -> ClientError:
+    """The request is refused and nothing more is accepted."""
+    before = len(ep.accepted)
+    with pytest.raises(ClientError) as info:
+        client.put_metric_data(Namespace=namespace, MetricData=datums)
+    assert len(ep.accepted) == before
+    return info.value

@@ -9,13 +9,17 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from hiveagent.accounts import DEFAULT, UNASSIGNED, tenant_datums, tenant_rules
 from hiveagent.config import Config, PublishSettings, parse_config
 from hiveagent.model import Datum
 from hiveagent.publisher import Publisher
 from hiveagent.spool import Spool
 from hiveagent.wire import make_client, namespace_refusal
+from tests.harness import Harness, wait_for
 from tests.strict_endpoint import StrictEndpoint
+from tests.test_delivery import AgentProcess
 
 CONFIGS = Path(__file__).parent / "configs"
 TENANT = "111111111111"
@@ -110,3 +114,87 @@ def test_a_refused_namespace_costs_one_request_and_is_counted(tmp_path: Path) ->
         ]
     assert spool.ledger.stats() == {"dropped.rejected.InvalidParameterValue": 30}
     assert spool.pending_datums == 0
+
+
+ROLE = "arn:aws:iam::{account_id}:role/HiveAgentPublisher"
+ALLOWED, REFUSED = "444444444444", "555555555555"
+
+
+def series_in(
+    url: str, account: str, namespace: str
+) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    """(metric, dimensions) of the series in `account`'s `namespace`, read back with that
+    account's own credentials."""
+    client = make_client("us-east-1", url, 10.0, role_arn=ROLE.format(account_id=account))
+    return {
+        (m["MetricName"], tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"])))
+        for page in client.get_paginator("list_metrics").paginate(Namespace=namespace)
+        for m in page["Metrics"]
+    }
+
+
+@pytest.mark.vm
+def test_tenants_get_aws_ec2_and_ebs_where_the_endpoint_lets_their_role(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end (moto as STS and CloudWatch behind the strict endpoint, which lets only the
+    first account's role write `AWS/` namespaces, as a private cloud's service role would):
+    the first tenant finds its VM's EC2 and EBS series under AWS/EC2 and AWS/EBS, with the
+    dimensions AWS gives them, and nothing under Hive/; the second's are refused for their
+    namespace, counted as rejected in its account's drops, one request a batch; /status's
+    spool_bytes_all_accounts is what the spool directory holds."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAHIVEAGENTTEST0002")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hive-secret-2")
+    with Harness(tmp_path / "h") as h:
+        vms = {}
+        for n, account in enumerate((ALLOWED, REFUSED), 81):
+            vm = h.launch_vm(n, boot_guest=False, volumes=((8, False),), sidecar=False)
+            h.write_sidecar(vm, account_id=account)
+            vms[account] = vm
+        url = h.start_moto()
+        endpoint = h.endpoint
+        assert endpoint is not None
+        endpoint.reserved_namespace_roles = {ROLE.format(account_id=ALLOWED)}
+        agent = AgentProcess(
+            h, tmp_path / "agent", url, accounts={"role_arn": ROLE, "aws_namespaces": True}
+        )
+        agent.start()
+
+        def stats(account: str) -> dict[str, int]:
+            t = agent.status()["accounts"].get(account, {})
+            return dict(t.get("publisher", {}).get("stats", {}))
+
+        wait_for(
+            lambda: (
+                stats(ALLOWED).get("datums_sent", 0) >= 20
+                and stats(REFUSED).get("dropped.rejected.InvalidParameterValue", 0) >= 10
+            ),
+            40,
+            "the first account sending, the second refused",
+        )
+        refusals = [r.message for r in endpoint.refusals]
+        time.sleep(0.5)  # the agent has counted what the endpoint refused by now
+        status = agent.status()
+        on_disk = sum(p.stat().st_size for p in (tmp_path / "agent").rglob("*.seg"))
+        assert agent.stop() == 0
+        assert abs(status["spool_bytes_all_accounts"] - on_disk) < 64 << 10  # moved on since
+
+        allowed = vms[ALLOWED]
+        [volume] = [v.volume_id for v in allowed.volumes]
+        ec2 = series_in(url, ALLOWED, "AWS/EC2")
+        ebs = series_in(url, ALLOWED, "AWS/EBS")
+        # AWS's dimensions: InstanceId for the instance, VolumeId for the volume (REFERENCE §5)
+        assert ("CPUUtilization", (("InstanceId", allowed.instance_id),)) in ec2
+        assert ("StatusCheckFailed", (("InstanceId", allowed.instance_id),)) in ec2
+        assert ("VolumeReadOps", (("VolumeId", volume),)) in ebs
+        assert {dict(dims).get("InstanceId") for _, dims in ec2} == {allowed.instance_id}
+        assert series_in(url, ALLOWED, "Hive/EC2") == set()
+        assert series_in(url, ALLOWED, "Hive/EBS") == set()
+        assert series_in(url, REFUSED, "AWS/EC2") == set()
+        assert series_in(url, REFUSED, "AWS/EBS") == set()
+        # Refused for the namespace only, never for anything else.
+        assert refusals and all("for parameter Namespace is invalid" in m for m in refusals)
+        # One refused request a batch (a flush's datums of one namespace): at most as many as
+        # the datums refused. Halving a batch of n >= 2 datums costs 2n - 1 refused requests.
+        refused = status["accounts"][REFUSED]["publisher"]["stats"]
+        assert len(refusals) <= refused["dropped.rejected.InvalidParameterValue"]
