@@ -30,7 +30,7 @@ from hiveagent.model import Datum
 from hiveagent.spool import Spool
 from hiveagent.wire import make_client
 from tests.harness import Harness, Vm, wait_for
-from tests.strict_endpoint import RequestInfo
+from tests.strict_endpoint import RequestInfo, StrictEndpoint
 from tests.test_delivery import AgentProcess
 
 pytestmark = pytest.mark.vm
@@ -51,6 +51,16 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Harness, d
             h.write_sidecar(vm, account_id=account)
             vms[account or "none"] = vm
         yield h, vms
+
+
+def fresh_endpoint(h: Harness, monkeypatch: pytest.MonkeyPatch) -> tuple[str, StrictEndpoint]:
+    """The agent's own credentials in the environment (this process's too, for reading back),
+    and a fresh moto behind the strict endpoint: its URL and the endpoint."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    url = h.start_moto()
+    assert h.endpoint is not None
+    return url, h.endpoint
 
 
 def instances_in(
@@ -165,11 +175,7 @@ def test_each_account_gets_its_own_vms_and_a_broken_one_holds_back_only_itself(
     fleet: tuple[Harness, dict[str, Vm]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h, vms = fleet
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    url = h.start_moto()
-    endpoint = h.endpoint
-    assert endpoint is not None
+    url, endpoint = fresh_endpoint(h, monkeypatch)
     broken = ACCOUNTS[2]
     endpoint.denied_roles = {ROLE.format(account_id=broken)}  # its role is not there yet
     agent = AgentProcess(
@@ -259,11 +265,7 @@ def test_a_role_demanding_an_external_id_holds_its_account_until_the_config_send
     whatever external id comes along) flow; reloaded with the right one, its backlog goes out,
     into its own account."""
     h, vms = fleet
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    url = h.start_moto()
-    endpoint = h.endpoint
-    assert endpoint is not None
+    url, endpoint = fresh_endpoint(h, monkeypatch)
     strict, *others = ACCOUNTS
     endpoint.required_external_ids = {role_of(strict): EXTERNAL_ID}
 
@@ -374,11 +376,7 @@ def test_an_account_routed_by_a_profile_signs_with_that_profiles_own_keys(
     VM's series; every datum of that VM went signed with the profile's key, and nothing else
     did; the profile's keys show in neither the log nor /status."""
     h, vms = fleet
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    url = h.start_moto()
-    endpoint = h.endpoint
-    assert endpoint is not None
+    url, endpoint = fresh_endpoint(h, monkeypatch)
     profiled = ACCOUNTS[1]
     endpoint.denied_roles = {role_of(profiled)}
     keys = iam_user_keys(f"http://127.0.0.1:{h.moto_port}", profiled, "hive-tenant-b")
@@ -455,11 +453,7 @@ def test_short_lived_role_credentials_are_renewed_and_a_failed_renewal_holds_onl
     datums wait in its spool (its last good key is not used again, not even while it still
     lives) until the role is allowed again."""
     h, vms = fleet
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    url = h.start_moto()
-    endpoint = h.endpoint
-    assert endpoint is not None
+    url, endpoint = fresh_endpoint(h, monkeypatch)
     endpoint.credential_lifetime_s = LIFETIME_S
     roles = {account: role_of(account) for account in ACCOUNTS}
 
@@ -584,11 +578,7 @@ def test_credentials_expired_on_arrival_hold_the_accounts_until_sts_gives_good_o
     Daemon._tenant_sender ended: one AssumeRole per account, then nothing until a reload or a
     restart, while /status showed the account `sending` with no error and its spool grew."""
     h, vms = fleet
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    url = h.start_moto()
-    endpoint = h.endpoint
-    assert endpoint is not None
+    url, endpoint = fresh_endpoint(h, monkeypatch)
     endpoint.credential_lifetime_s = 0.0
     roles = {account: role_of(account) for account in ACCOUNTS}
 
