@@ -58,32 +58,30 @@ def route(account_id: str | None, config: Config) -> str:
     return account_id or UNASSIGNED
 
 
-def tenant_namespaces(config: Config, account: str) -> dict[str, str]:
-    """Configured namespace -> the one a route's datums go to: AWS/EC2 and AWS/EBS for an
-    account's own route under `aws_namespaces`, else nothing renamed."""
-    if not config.accounts.aws_namespaces or account in (DEFAULT, UNASSIGNED):
-        return {}
-    return {
-        config.ec2_namespace: TENANT_EC2_NAMESPACE,
-        config.ebs_namespace: TENANT_EBS_NAMESPACE,
-    }
+# The namespaces AWS gives the EC2 and EBS families (REFERENCE §5)
+TENANT_NAMESPACES = {Family.EC2: TENANT_EC2_NAMESPACE, Family.EBS: TENANT_EBS_NAMESPACE}
 
 
-_HYPERVISOR_FAMILIES = (Family.EC2, Family.EBS)
+def renames_namespaces(config: Config, account: str) -> bool:
+    """Whether a route's EC2 and EBS datums go under AWS/EC2 and AWS/EBS: an account's own
+    route under `aws_namespaces` (not the agent's own, nor VMs held for want of an account)."""
+    return config.accounts.aws_namespaces and account not in (DEFAULT, UNASSIGNED)
 
 
 def tenant_datums(config: Config, account: str, datums: list[Datum]) -> list[Datum]:
-    """A route's datums in the namespaces they are sent under (`tenant_namespaces`); only
-    the EC2 and EBS families' metrics are renamed, whatever namespace they share."""
-    renamed = tenant_namespaces(config, account)
-    if not renamed:
+    """A route's datums in the namespaces they are sent under (`renames_namespaces`): each
+    EC2 or EBS metric in its configured namespace goes to its family's AWS namespace, told by
+    the catalog (the two families, or one of them and the in-guest one, may share a
+    namespace)."""
+    if not renames_namespaces(config, account):
         return datums
+    configured = {config.ec2_namespace, config.ebs_namespace}
     out = []
     for d in datums:
-        to = renamed.get(d.namespace)
-        if to is not None:
+        if d.namespace in configured:
             spec = CATALOG.get(d.name)
-            if spec is not None and spec.family in _HYPERVISOR_FAMILIES:
+            to = TENANT_NAMESPACES.get(spec.family) if spec is not None else None
+            if to is not None:
                 d = d._replace(namespace=to)
         out.append(d)
     return out
@@ -92,8 +90,10 @@ def tenant_datums(config: Config, account: str, datums: list[Datum]) -> list[Dat
 def tenant_rules(config: Config, account: str) -> Rules:
     """What the endpoint takes from a route: `metrics.datum_shape`, and the tenant's AWS/
     namespaces under `aws_namespaces` (the operator says the endpoint takes them)."""
+    opened = renames_namespaces(config, account)
     return Rules(
-        config.datum_shape, open_namespaces=frozenset(tenant_namespaces(config, account).values())
+        config.datum_shape,
+        open_namespaces=frozenset(TENANT_NAMESPACES.values()) if opened else frozenset(),
     )
 
 
@@ -104,12 +104,13 @@ def client_settings(config: Config, account: str = DEFAULT) -> tuple[Any, ...] |
     if account == DEFAULT:
         role = config.metrics_role_arn or config.role_arn  # metrics.credentials wins, as in CWA
         return (*base, role, None, None, None)
-    if account == UNASSIGNED:
-        return None
     settings = config.accounts
-    profile = settings.profile_for(account)
-    role = None if profile else settings.role_for(account)
+    profile = None if account == UNASSIGNED else settings.profile_for(account)
+    role = None if profile or account == UNASSIGNED else settings.role_for(account)
     if not profile and not role:
+        if settings.unrouted == "default_credentials":
+            # what was held before the operator chose this: sent as unrouted VMs now are
+            return client_settings(config, DEFAULT)
         return None
     return (*base, role, settings.external_id, settings.sts_endpoint, profile)
 
@@ -194,7 +195,7 @@ def configure_tenant(tenant: Tenant, config: Config) -> None:
         return
     tenant.client_settings = settings
     if settings is None:
-        tenant.publisher = None
+        _retire(tenant)
         tenant.held = (
             "no account: hypervisor.accounts.unrouted is hold"
             if tenant.account == UNASSIGNED
@@ -205,11 +206,30 @@ def configure_tenant(tenant: Tenant, config: Config) -> None:
     try:
         client = client_for(settings)
     except Exception as exc:  # botocore: a profile not found, bad settings
-        tenant.publisher = None
+        _retire(tenant)
         tenant.held = f"credentials cannot be made: {type(exc).__name__}: {exc}"
         log.error("account %s: held in the spool: %s", tenant.account, tenant.held)
         return
     tenant.held = None
+    if tenant.publisher is not None:
+        # The same publisher, with the new client: a flush under way sends its next request
+        # with it (a new publisher would leave the old one sending with the old credentials),
+        # and its figures go on counting.
+        tenant.publisher.client = client
+        tenant.publisher.shape_fallback = False
+        tenant.publisher.settings = config.publish
+        tenant.publisher.datum_shape = config.datum_shape
+        tenant.publisher.breaker.failures = config.publish.breaker_failures
+        tenant.publisher.breaker.open_s = config.publish.breaker_open_s
+        return
     publisher = Publisher(client, tenant.spool, config.publish)
     publisher.datum_shape = config.datum_shape
     tenant.publisher = publisher
+
+
+def _retire(tenant: Tenant) -> None:
+    """Hold the tenant: its publisher starts no request from now on (a flush under way stops
+    before its next one; the request in flight, if any, ends as it may)."""
+    if tenant.publisher is not None:
+        tenant.publisher.retired = True
+    tenant.publisher = None

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
@@ -1186,6 +1187,7 @@ def parse_config(
 
 
 TENANT_EC2_NAMESPACE = "AWS/EC2"
+AWS_HOST_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
 TENANT_EBS_NAMESPACE = "AWS/EBS"
 
 
@@ -1201,10 +1203,12 @@ def _check_aws_namespaces(config: Config, source: str) -> list[str]:
             f"{source}: {where}: needs hypervisor.accounts.role_arn or .profiles: AWS/EC2 and "
             "AWS/EBS are sent for VMs routed to their own account only"
         )
-    if config.endpoint_override is None:
+    host = urlsplit(config.endpoint_override or "").hostname or ""
+    if config.endpoint_override is None or host.endswith(AWS_HOST_SUFFIXES):
         raise ConfigError(
             f"{source}: {where}: AWS CloudWatch refuses PutMetricData to AWS/ namespaces; "
-            "this works only with an endpoint that allows it (set metrics.endpoint_override)"
+            "this works only with an endpoint that allows it (set metrics.endpoint_override "
+            "to it; not an amazonaws.com endpoint)"
         )
     if TENANT_EC2_NAMESPACE in (config.guest_namespace, config.self_metrics.namespace) or (
         TENANT_EBS_NAMESPACE in (config.guest_namespace, config.self_metrics.namespace)
@@ -1220,8 +1224,10 @@ def _check_aws_namespaces(config: Config, source: str) -> list[str]:
         "those namespaces work unchanged. Only if the endpoint lets each account's credentials "
         "write AWS/ namespaces: where it refuses, those datums are refused "
         "(InvalidParameterValue), counted and logged as rejected, and not sent again. The "
-        "roles' PutMetricData policies must allow these namespaces; VMs sent with the default "
-        "credentials keep the configured ones"
+        "roles' PutMetricData policies must allow these namespaces: a policy that leaves them "
+        "out answers AccessDenied, which holds the account's whole spool (credential errors "
+        "are retried) until the policy is mended or spool.max_bytes gives the oldest up. VMs "
+        "sent with the default credentials keep the configured namespaces"
     ]
 
 

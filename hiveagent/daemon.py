@@ -157,8 +157,9 @@ class Daemon:
             "agent": dict(self.scheduler.stats + self.pipeline.stats),
             "publisher": self.publisher.status(),
             "spool": self.spool.status(),
-            # spool.max_bytes holds for the agent's own spool and every account's together
-            "spool_bytes_all_accounts": self.spool_budget.total_bytes,
+            # spool.max_bytes holds for what waits in the agent's own spool and every account's
+            "spool_waiting_bytes_all_accounts": self.spool_budget.waiting_bytes,
+            "spool_bytes_all_accounts": self.spool_budget.total_bytes,  # on disk
             "accounts": {a: t.status() for a, t in sorted(self.tenants.items())},
         }
 

@@ -19,6 +19,16 @@ class DropLedger:
         self.counts[reason] += count
         log.error("dropped %d datum(s): %s: %s", count, reason, detail)
 
+    def retract(self, count: int, reason: str, detail: str) -> None:
+        """Datums counted as dropped that arrived after all (a record the spool's bound gave
+        up while it was being sent, and the endpoint took it)."""
+        self.counts[reason] -= count
+        if self.counts[reason] <= 0:
+            del self.counts[reason]
+        log.warning(
+            "%d datum(s) counted as dropped (%s) arrived after all: %s", count, reason, detail
+        )
+
     def stats(self) -> dict[str, int]:
         """The counts as `dropped.<reason>` keys."""
         return {f"dropped.{reason}": n for reason, n in self.counts.items()}

@@ -65,7 +65,13 @@ class Pipeline:
         out: dict[str, list[Datum]] = {}
         collected = 0
         for vm in cycle.vms:
-            key = self.routes[vm.spec.instance_id] = route(vm.spec)
+            key = route(vm.spec)
+            before = self.routes.get(vm.spec.instance_id, key)
+            self.routes[vm.spec.instance_id] = key
+            if before != key:  # it changed account: what it gathered before is the old one's
+                closed = self.vm_gone(vm.spec.instance_id)
+                collected += len(closed)
+                out.setdefault(before, []).extend(closed)
             datums = self.finish_vm(vm.spec, vm.datums)
             collected += len(datums)
             out.setdefault(key, []).extend(datums)

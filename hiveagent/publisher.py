@@ -170,6 +170,7 @@ class Publisher:
         self.datum_shape = "auto"
         self.shape_fallback = False
         self.holds = 0  # `hold` calls not yet released: no new request starts
+        self.retired = False  # replaced or held (a reload): no request starts any more
         self._waiters: list[asyncio.Future[None]] = []  # flushes waiting for the release
 
     @property
@@ -207,6 +208,8 @@ class Publisher:
         `deadline` passes. True when nothing is pending afterwards."""
         while self.spool.pending:
             if self.holds and not await self._released(deadline):
+                return False
+            if self.retired:
                 return False
             if not self.breaker.allow():
                 return False
@@ -294,6 +297,9 @@ class Publisher:
             return False
         if outcome is Outcome.SENT:
             self.counts["datums_sent"] += len(datums)
+            given_up = sum(r.count for r, _ in group if r.seq not in self.spool.pending)
+            if given_up:  # the spool's bound discarded them while they were in flight
+                self.ledger.retract(given_up, "spool_full", f"{namespace}: sent while discarded")
         elif len(group) > 1:
             for item in group:
                 if not await self._deliver([item]):
@@ -421,7 +427,10 @@ class Publisher:
             return Outcome.INVALID, f"Unsendable: {exc}"
         except RuntimeError as exc:
             # botocore's refreshing credentials: "Credentials were refreshed, but the refreshed
-            # credentials are still expired." (STS's clock behind the host's): kept, retried
+            # credentials are still expired." (STS's clock behind the host's): kept, retried.
+            # Any other RuntimeError is no credential problem: raised (the sender logs it).
+            if "credentials" not in str(exc).lower():
+                raise
             self.counts["api_errors"] += 1
             self.last_error = f"credentials: {exc}"
             log.warning("PutMetricData: %s; %d datum(s) kept", self.last_error, len(datums))

@@ -296,29 +296,38 @@ def read_records(data: bytes, start: int = 0) -> Iterator[tuple[int, int, str, S
 
 
 class SpoolBudget:
-    """One byte bound over several spools: `hypervisor.spool.max_bytes` holds for the default
-    route's spool and every account's together. Over it, the largest spool gives up its oldest
-    segment: an account whose datums cannot be delivered pays for its own backlog first, and
-    one that delivers keeps what it has."""
+    """One byte bound over several spools: `hypervisor.spool.max_bytes` holds for what waits
+    in the default route's spool and in every account's, together. Over it, first every spool
+    deletes the segments in which nothing waits any more (`reclaim`); then the spool with the
+    most waiting gives up its oldest segment: an account whose datums cannot be delivered
+    pays for its own backlog, and one that delivers keeps what it has. On disk, a spool may
+    also hold delivered records in a segment that still has one waiting: at most about one
+    segment (max_bytes / 64) a spool beyond the bound."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.spools: list[Spool] = []
 
     @property
+    def waiting_bytes(self) -> int:
+        return sum(s.waiting_bytes for s in self.spools)
+
+    @property
     def total_bytes(self) -> int:
+        """Bytes on disk, every spool's segments."""
         return sum(s.total_bytes for s in self.spools)
 
     def enforce(self) -> None:
-        total = self.total_bytes
-        while total > self.max_bytes:
-            largest = max(self.spools, key=lambda s: s.total_bytes)
-            before = largest.total_bytes
+        if self.waiting_bytes <= self.max_bytes:
+            return
+        for spool in self.spools:  # first what holds nothing to send any more
+            spool.reclaim()
+        while self.waiting_bytes > self.max_bytes:
+            largest = max(self.spools, key=lambda s: s.waiting_bytes)
             if not largest.discard_oldest(
-                f"spools over {self.max_bytes} bytes together; {largest.dir} is the largest"
+                f"spools over {self.max_bytes} bytes together; {largest.dir} has the most waiting"
             ):
                 return
-            total -= before - largest.total_bytes
 
 
 class Spool:
@@ -341,7 +350,9 @@ class Spool:
         self.budget = budget  # a bound shared with other spools (each account's)
         if budget is not None:
             budget.spools.append(self)
-        self.segment_bytes = max(64 << 10, max_bytes // 8)
+        # Under a shared bound, smaller segments: each spool's delivered records wait on disk
+        # until their segment is done with (at most one segment a spool, see SpoolBudget)
+        self.segment_bytes = max(64 << 10, max_bytes // (64 if budget is not None else 8))
         self.fsync = fsync
         self.memory_max_datums = memory_max_datums
         self.ledger = ledger or DropLedger()
@@ -361,6 +372,7 @@ class Spool:
         self.memory_datums = 0
         self.cached_datums = 0  # disk records whose datums are also kept in memory
         self._pending_datums = 0
+        self.waiting_bytes = 0  # bytes on disk of the records still pending
         self.corrupt_records = 0
         self.write_errors = 0
         self.datums_spooled = 0  # by add()
@@ -419,7 +431,13 @@ class Spool:
                 self.ledger.drop(
                     exc.count, "spool_corrupt", f"{path}: {exc}; rest of segment skipped"
                 )
-        self.active = (segments[-1] + 1) if segments else 0
+        # A new segment after every one on disk and never behind the cursor (which may name a
+        # segment deleted since: everything was delivered, or discarded), or what is appended
+        # now would count as delivered at the next start.
+        self.active = max(
+            (segments[-1] + 1) if segments else 0,
+            self.cursor[0] + (1 if self.cursor[1] else 0),
+        )
         self._enforce_limits()  # the bound may have been lowered since the last run
         if self.pending:
             log.info(
@@ -750,6 +768,8 @@ class Spool:
         if self.pending.pop(record.seq, None) is None:
             return
         self._pending_datums -= record.count
+        if record.segment is not None:
+            self.waiting_bytes -= record.length
         if record.segment is None:
             self.memory_datums -= record.count
         elif record.datums is not None:
@@ -847,6 +867,19 @@ class Spool:
                 victim.count, "memory_full", "spool disk unwritable and memory queue full"
             )
 
+    def reclaim(self) -> None:
+        """Delete the segments in which no record waits any more (delivered, but kept while
+        being appended to, or while an older record waited): bytes that hold nothing to send,
+        which a shared bound must not weigh against anyone."""
+        waiting = {r.segment for r in self.pending.values() if r.segment is not None}
+        for seg in sorted(self.segment_sizes):
+            if seg in waiting or not self.segment_sizes[seg]:
+                continue
+            if seg == self.active:
+                self._close_active()
+                self.active += 1  # a fresh number: no done mark can name it
+            self._unlink(seg)
+
     def discard_oldest(self, why: str) -> bool:
         """Give up the oldest segment and the records in it, counted as `spool_full`; the
         active segment too when it is the only one (the next append starts a new one). False
@@ -904,6 +937,8 @@ class Spool:
     def _track(self, record: Record) -> None:
         self.pending[record.seq] = record
         self._pending_datums += record.count
+        if record.segment is not None:
+            self.waiting_bytes += record.length
 
     def _path(self, segment: int) -> Path:
         return self.dir / f"{segment:016d}.seg"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hiveagent.config import Config, PublishSettings, parse_config
+from hiveagent.cycle import Cycle, VmCycle
 from hiveagent.model import Datum, VmSpec
 from hiveagent.pipeline import Pipeline
 from hiveagent.publisher import Publisher
@@ -193,3 +194,24 @@ def test_a_restart_inside_a_window_does_not_send_it_twice(
     # The rest of the first window went minute by minute; the next windows were gathered.
     windows = [d for d in spinifex.accepted if d.name == "NetworkIn" and d.timestamp % 300 == 0]
     assert [w.timestamp - (start - 60) for w in windows] == [0.0, 300.0, 600.0]
+
+
+def test_a_vm_that_changes_account_takes_no_gathered_minute_along() -> None:
+    """Basic monitoring gathers a VM's minutes into 5-minute windows; a VM whose account
+    changes (its sidecar's or metadata's account_id, or a reload's routing) closes its open
+    window under the account it had, so the minutes gathered then are sent with that account's
+    credentials, and its new account gets only what was sampled after."""
+    config = parse_config({"hypervisor": {"state_dir": "/nonexistent"}})
+    pipeline = Pipeline(config)
+    start = (time.time() // 300 - 4) * 300 + 60  # minute 1 of a window
+    routed: dict[str, list[Datum]] = {}
+    for k, account in enumerate(("111111111111",) * 2 + ("222222222222",) * 2):
+        cycle = Cycle([VmCycle(vm(300), ec2_minute(config, start + 60 * k, k))], [])
+        for key, datums in pipeline.finish_routed(cycle, lambda spec, a=account: a).items():
+            routed.setdefault(key, []).extend(datums)
+    for key, datums in pipeline.drain_routed().items():
+        routed.setdefault(key, []).extend(datums)
+    net = {a: [d.value for d in ds if d.name == "NetworkIn"] for a, ds in routed.items()}
+    # The old account: minutes 0 and 1 (1000 + 1001), gathered; the new one: minutes 2 and 3.
+    assert sum(net["111111111111"]) == 1000.0 + 1001.0
+    assert sum(net["222222222222"]) == 1002.0 + 1003.0
