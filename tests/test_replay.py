@@ -207,7 +207,11 @@ def test_a_vm_that_changes_account_takes_no_gathered_minute_along() -> None:
     routed: dict[str, list[Datum]] = {}
     for k, account in enumerate(("111111111111",) * 2 + ("222222222222",) * 2):
         cycle = Cycle([VmCycle(vm(300), ec2_minute(config, start + 60 * k, k))], [])
-        for key, datums in pipeline.finish_routed(cycle, lambda spec, a=account: a).items():
+
+        def route(spec: VmSpec, account: str = account) -> str:
+            return account
+
+        for key, datums in pipeline.finish_routed(cycle, route).items():
             routed.setdefault(key, []).extend(datums)
     for key, datums in pipeline.drain_routed().items():
         routed.setdefault(key, []).extend(datums)
