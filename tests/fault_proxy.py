@@ -149,6 +149,8 @@ class FaultProxy:
                 gone = await asyncio.wait_for(reader.read(1), 0.05) == b""
             except TimeoutError:
                 gone = False
+            except OSError:  # reset by the client that gave up
+                gone = True
             if gone:
                 self.log.late_datums += len(self._datums(headers, body))
         return answer
