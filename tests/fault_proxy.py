@@ -144,9 +144,12 @@ class FaultProxy:
         answer = await self._forward(head, body)
         # Answered late (scripted, or the upstream slow on a loaded machine): if the agent
         # gave up meanwhile, the upstream has the datums and the agent will send them again.
-        if time.monotonic() - started > LATE_AFTER_S:
+        elapsed = time.monotonic() - started
+        if elapsed > LATE_AFTER_S:
+            # Until the agent's timeout (2 s in these tests) has surely passed: it either
+            # gives up meanwhile (gone: late) or gets the answer in time.
             try:
-                gone = await asyncio.wait_for(reader.read(1), 0.05) == b""
+                gone = await asyncio.wait_for(reader.read(1), max(0.05, 2.5 - elapsed)) == b""
             except TimeoutError:
                 gone = False
             except OSError:  # reset by the client that gave up

@@ -428,7 +428,7 @@ def test_an_account_routed_by_a_profile_signs_with_that_profiles_own_keys(
 
 
 # -- credential refresh ------------------------------------------------------------------------
-LIFETIME_S = 4.0
+LIFETIME_S = 8.0
 
 
 def test_short_lived_role_credentials_are_renewed_and_a_failed_renewal_holds_only_its_account(

@@ -216,6 +216,7 @@ def test_a_vm_that_changes_account_takes_no_gathered_minute_along() -> None:
     for key, datums in pipeline.drain_routed().items():
         routed.setdefault(key, []).extend(datums)
     net = {a: [d.value for d in ds if d.name == "NetworkIn"] for a, ds in routed.items()}
-    # The old account: minutes 0 and 1 (1000 + 1001), gathered; the new one: minutes 2 and 3.
+    # The old account: its first two minutes (k = 0, 1: 1000 + 1001), gathered; the new one: the
+    # next two (k = 2, 3).
     assert sum(net["111111111111"]) == 1000.0 + 1001.0
     assert sum(net["222222222222"]) == 1002.0 + 1003.0

@@ -259,7 +259,7 @@ def test_under_a_shared_bound_accounts_that_deliver_lose_nothing(tmp_path: Path)
     segments together: what is delivered but still in a segment is reclaimed before anything
     waiting is given up, so nobody loses a datum; on disk, at most a segment a spool beyond
     what waits."""
-    bound = 1 << 20
+    bound = 256 << 10  # their segments (64 KiB each) together take up to 750 KB
     budget = SpoolBudget(bound)
     spools: list[tuple[Spool, Drops, list[Record]]] = []
     for n in range(10):

@@ -59,8 +59,9 @@ def credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_a_reload_that_changes_an_accounts_credentials_keeps_its_publisher(tmp_path: Path) -> None:
-    """A profile mended by a reload: the flush under way sends its next request with the new
-    keys (the same publisher, its client swapped), and the account's figures go on counting."""
+    """A profile mended by a reload: the account's publisher (the one its sender task flushes)
+    sends its next request with the new keys, its client swapped, and its figures go on
+    counting."""
     with StrictEndpoint("aws") as endpoint:
         wrong = config(tmp_path, endpoint.url, profiles={ACCOUNT: "tenant-b"})
         tenant = open_tenant(wrong, ACCOUNT)
@@ -80,8 +81,8 @@ def test_a_reload_that_changes_an_accounts_credentials_keeps_its_publisher(tmp_p
 
 
 def test_an_account_held_by_a_reload_sends_nothing_more(tmp_path: Path) -> None:
-    """A reload that takes an account's credentials away: its old publisher starts no request
-    from then on, even a flush already under way; the datums wait in the spool."""
+    """A reload that takes an account's credentials away: its old publisher (a sender task may
+    still hold it) starts no request from then on; the datums wait in the spool."""
     with StrictEndpoint("aws") as endpoint:
         tenant = open_tenant(
             config(tmp_path, endpoint.url, profiles={ACCOUNT: "tenant-a"}), ACCOUNT
@@ -99,9 +100,9 @@ def test_an_account_held_by_a_reload_sends_nothing_more(tmp_path: Path) -> None:
 
 
 def test_default_credentials_take_what_was_held(tmp_path: Path) -> None:
-    """`unrouted: default_credentials`: VMs with no account, and accounts with no credentials,
-    go with the agent's own; so do their spools held before the operator chose it (never into
-    another tenant's account)."""
+    """`unrouted: default_credentials`: the routes of VMs with no account, and of accounts with
+    no credentials, get the agent's own client, so their spools held before the operator chose
+    it go out too (never with another tenant's)."""
     c = config(tmp_path, "http://127.0.0.1:1", profiles={ACCOUNT: "tenant-a"})
     assert client_settings(c, UNASSIGNED) is None
     assert client_settings(c, "222222222222") is None
