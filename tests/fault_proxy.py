@@ -21,8 +21,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-# A request answered after this long may have outlived the agent's patience (tests use
-# publish.timeout_seconds of 2 s and more)
+# The agent's publish.timeout_seconds in the tests that use this proxy; a request answered
+# after LATE_AFTER_S may have outlived it
+AGENT_TIMEOUT_S = 2.0
 LATE_AFTER_S = 1.0
 
 
@@ -145,17 +146,23 @@ class FaultProxy:
         # Answered late (scripted, or the upstream slow on a loaded machine): if the agent
         # gave up meanwhile, the upstream has the datums and the agent will send them again.
         elapsed = time.monotonic() - started
-        if elapsed > LATE_AFTER_S:
-            # Until the agent's timeout (2 s in these tests) has surely passed: it either
-            # gives up meanwhile (gone: late) or gets the answer in time.
+        if elapsed >= AGENT_TIMEOUT_S + 0.25:
+            # The agent's read timeout ran from before the request arrived: it has given up
+            gone = True
+        elif elapsed > LATE_AFTER_S:
+            # Until its timeout has surely passed: it either gives up meanwhile (gone: late)
+            # or gets the answer in time.
             try:
-                gone = await asyncio.wait_for(reader.read(1), max(0.05, 2.5 - elapsed)) == b""
+                wait = max(0.05, AGENT_TIMEOUT_S + 0.5 - elapsed)
+                gone = await asyncio.wait_for(reader.read(1), wait) == b""
             except TimeoutError:
                 gone = False
             except OSError:  # reset by the client that gave up
                 gone = True
-            if gone:
-                self.log.late_datums += len(self._datums(headers, body))
+        else:
+            gone = False
+        if gone:
+            self.log.late_datums += len(self._datums(headers, body))
         return answer
 
     async def _forward(self, head: bytes, body: bytes) -> bytes:

@@ -294,8 +294,21 @@ def test_guest_cpu_sees_the_burn(run_result: dict[str, Any]) -> None:
 
     busy = max(peak("cpu_usage_active", "cpu0"), peak("cpu_usage_active", "cpu1"))
     assert busy > 40
-    total = peak("cpu_usage_active", "cpu-total")
-    assert busy / 2 - 5 < total < busy / 2 + 5
+
+    # cpu-total is telegraf's aggregate of every CPU's jiffies: each sample about the mean of
+    # the two CPUs' (exactly so when both count the same jiffies), whatever the other vCPU did
+    # meanwhile (on a loaded host it is not idle). So the minute averages keep that relation,
+    # and the peak is at least half the busy CPU's.
+    def averages(cpu: str) -> dict[datetime, float]:
+        dims = {"InstanceId": inst, "cpu": cpu}
+        return dict(fetch(run_result, "CWAgent", "cpu_usage_active", dims, "Percent", "Average"))
+
+    cpu0, cpu1, total = averages("cpu0"), averages("cpu1"), averages("cpu-total")
+    minutes = sorted(set(cpu0) & set(cpu1) & set(total))
+    assert minutes
+    for t in minutes:
+        assert abs(total[t] - (cpu0[t] + cpu1[t]) / 2) < 5, (t, cpu0[t], cpu1[t], total[t])
+    assert peak("cpu_usage_active", "cpu-total") > busy / 2 - 5
     system = max(peak("cpu_usage_system", "cpu0"), peak("cpu_usage_system", "cpu1"))
     assert system > 40  # dd from /dev/zero to /dev/null runs in the kernel
 
