@@ -142,14 +142,15 @@ class FaultProxy:
         started = time.monotonic()
         if action.startswith("slow:"):
             await asyncio.sleep(float(action.split(":", 1)[1]))
+        # Answered late (scripted, or the upstream slow on a loaded machine): if the agent gave
+        # up meanwhile, the upstream gets the datums all the same and the agent sends them
+        # again. Counted before the answer is awaited, so that nothing after it can miss it.
+        late = time.monotonic() - started >= AGENT_TIMEOUT_S + 0.25
+        if late:  # the agent's read timeout ran from before the request arrived: it gave up
+            self.log.late_datums += len(self._datums(headers, body))
         answer = await self._forward(head, body)
-        # Answered late (scripted, or the upstream slow on a loaded machine): if the agent
-        # gave up meanwhile, the upstream has the datums and the agent will send them again.
         elapsed = time.monotonic() - started
-        if elapsed >= AGENT_TIMEOUT_S + 0.25:
-            # The agent's read timeout ran from before the request arrived: it has given up
-            gone = True
-        elif elapsed > LATE_AFTER_S:
+        if not late and elapsed > LATE_AFTER_S:
             # Until its timeout has surely passed: it either gives up meanwhile (gone: late)
             # or gets the answer in time.
             try:
@@ -159,10 +160,8 @@ class FaultProxy:
                 gone = False
             except OSError:  # reset by the client that gave up
                 gone = True
-        else:
-            gone = False
-        if gone:
-            self.log.late_datums += len(self._datums(headers, body))
+            if gone:
+                self.log.late_datums += len(self._datums(headers, body))
         return answer
 
     async def _forward(self, head: bytes, body: bytes) -> bytes:
